@@ -1,0 +1,3 @@
+"""Mailtrack: email tracking for a salon-booking platform."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Analytics: rollups, metrics, engagement scores and the best-send-time model."""

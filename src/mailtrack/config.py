@@ -1,0 +1,88 @@
+"""All configuration, from `MAILTRACK_*` environment variables, in one settings class."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The built-in secret lets `mailtrack demo` and the tests start with no setup; `serve` refuses it.
+DEMO_SECRET_KEY = "mailtrack-demo-secret-do-not-use-in-production"
+
+
+class InsecureSettingsError(RuntimeError):
+    """Raised when a production command would run with a demo-only setting."""
+
+
+class Settings(BaseSettings):
+    """Mailtrack's settings; every field reads `MAILTRACK_<FIELD>` from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MAILTRACK_", env_file=None, extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///./mailtrack.db",
+        description="SQLAlchemy URL: SQLite file by default, `postgresql+psycopg://…` in production.",
+    )
+    secret_key: SecretStr = Field(
+        default=SecretStr(DEMO_SECRET_KEY),
+        description="Signs tracking tokens and sessions. `serve` refuses the built-in default.",
+    )
+    old_secret_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Previous secrets (JSON list), still accepted when verifying tokens during rotation.",
+    )
+    base_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Public base URL written into pixels, links and unsubscribe headers.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or CIDR ranges whose X-Forwarded-For header is believed (JSON list).",
+    )
+    ingest_batch_max: int = Field(default=500, ge=1, le=100_000, description="Most events in one commit.")
+    ingest_queue_max: int = Field(
+        default=10_000, ge=1, description="Pending hits before tracking endpoints wait (back-pressure)."
+    )
+    ingest_linger_ms: float = Field(
+        default=2.0, ge=0, le=1000, description="How long the writer waits to fill a batch once a hit arrives."
+    )
+    log_level: str = Field(default="INFO", description="Python logging level name.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when the configured database is a SQLite file."""
+        return self.database_url.startswith("sqlite")
+
+    def uses_demo_secret(self) -> bool:
+        """True when tokens would be signed with the public built-in secret."""
+        return self.secret_key.get_secret_value() == DEMO_SECRET_KEY
+
+    def require_production_secret(self) -> None:
+        """Refuse to go on with the built-in secret (anyone could forge tracking tokens)."""
+        if self.uses_demo_secret():
+            raise InsecureSettingsError(
+                "MAILTRACK_SECRET_KEY is the built-in demo secret; set a long random value "
+                '(e.g. `python -c "import secrets; print(secrets.token_urlsafe(48))"`) or use `mailtrack demo`.'
+            )
+        if len(self.secret_key.get_secret_value()) < 32:
+            raise InsecureSettingsError("MAILTRACK_SECRET_KEY must be at least 32 characters long.")
+
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file, or None for other backends or in-memory databases."""
+        if not self.is_sqlite:
+            return None
+        path = self.database_url.split("///", 1)[-1]
+        return None if path in ("", ":memory:") else Path(path)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,9 @@
+"""Every table, imported in one place so the metadata (and Alembic) sees the whole schema."""
+
+from mailtrack.analytics import tables as analytics_tables
+from mailtrack.db import metadata
+from mailtrack.messages import tables as messages_tables
+from mailtrack.tenants import tables as tenants_tables
+from mailtrack.tracking import tables as tracking_tables
+
+__all__ = ["analytics_tables", "messages_tables", "metadata", "tenants_tables", "tracking_tables"]

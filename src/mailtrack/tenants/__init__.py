@@ -1,0 +1,1 @@
+"""Salons (tenants), their managers, API keys and settings."""

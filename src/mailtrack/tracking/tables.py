@@ -1,0 +1,39 @@
+"""The raw events table. Operators may query it: `type` and `ip` are public column names."""
+
+from __future__ import annotations
+
+from sqlalchemy import Boolean, Column, ForeignKey, Index, SmallInteger, String, Table, Text
+
+from mailtrack.db import BigId, UTCDateTime, metadata
+
+EVENT_TYPES = ("sent", "delivered", "opened", "clicked", "bounced", "unsubscribed", "complained")
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("tenant_id", BigId, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("message_id", BigId, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("customer_id", BigId, ForeignKey("customers.id", ondelete="CASCADE"), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("device", String(16), nullable=True),
+    Column("client", String(32), nullable=True),
+    Column("os", String(64), nullable=True),
+    Column("user_agent", Text, nullable=True),
+    Column("ip", String(64), nullable=True),
+    Column("ip_anonymized", Boolean, nullable=False, server_default="0"),
+    Column("referer", Text, nullable=True),
+    Column("link_position", SmallInteger, nullable=True),
+    Column("machine", Boolean, nullable=False, server_default="0"),
+    Column("machine_reason", String(64), nullable=True),
+    Column("bounce_kind", String(8), nullable=True),
+    Column("status", String(16), nullable=True),
+    Column("diagnostic", Text, nullable=True),
+    # Provider or import event id: the same id twice is the same event (idempotent re-delivery).
+    Column("external_event_id", String(200), nullable=True),
+    Index(None, "tenant_id", "occurred_at", "id"),
+    Index(None, "tenant_id", "message_id"),
+    Index(None, "tenant_id", "customer_id", "occurred_at"),
+    Index(None, "tenant_id", "external_event_id", unique=True),
+)
