@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The built-in secret lets `mailtrack demo` and the tests start with no setup; `serve` refuses it.
-DEMO_SECRET_KEY = "mailtrack-demo-secret-do-not-use-in-production"
+DEMO_SECRET_KEY = "mailtrack-demo-secret-do-not-use-in-production"  # noqa: S105  (public on purpose; refused by serve)
 
 
 class InsecureSettingsError(RuntimeError):
@@ -46,7 +46,10 @@ class Settings(BaseSettings):
         default=10_000, ge=1, description="Pending hits before tracking endpoints wait (back-pressure)."
     )
     ingest_linger_ms: float = Field(
-        default=2.0, ge=0, le=1000, description="How long the writer waits to fill a batch once a hit arrives."
+        default=2.0,
+        ge=0,
+        le=1000,
+        description="How long the writer waits to fill a batch once a hit arrives.",
     )
     log_level: str = Field(default="INFO", description="Python logging level name.")
 
@@ -69,7 +72,8 @@ class Settings(BaseSettings):
         if self.uses_demo_secret():
             raise InsecureSettingsError(
                 "MAILTRACK_SECRET_KEY is the built-in demo secret; set a long random value "
-                '(e.g. `python -c "import secrets; print(secrets.token_urlsafe(48))"`) or use `mailtrack demo`.'
+                '(e.g. `python -c "import secrets; print(secrets.token_urlsafe(48))"`), '
+                "or use `mailtrack demo`."
             )
         if len(self.secret_key.get_secret_value()) < 32:
             raise InsecureSettingsError("MAILTRACK_SECRET_KEY must be at least 32 characters long.")

@@ -104,5 +104,7 @@ links = Table(
     Column("position", SmallInteger, nullable=False),
     # The redirect target lives only here; a click token names (message, position), never a URL.
     Column("url", Text, nullable=False),
+    # Human clicks so far: the first one is the message's unique click on this link.
+    Column("human_clicks", Integer, nullable=False, server_default="0"),
     PrimaryKeyConstraint("tenant_id", "message_id", "position"),
 )

@@ -1,0 +1,100 @@
+"""Rollup counting: a batch tallies its changes in memory, then adds them with one upsert per table."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from typing import Any, NamedTuple
+
+from sqlalchemy import Connection, Table
+from sqlalchemy.dialects import postgresql, sqlite
+
+from mailtrack.analytics.tables import rollup_links, rollup_messages, rollup_open_delays, rollup_opens
+
+# Opens later than this after sending are all counted in the last delay bucket.
+MAX_DELAY_HOURS = 24 * 14
+
+
+class CohortKey(NamedTuple):
+    """Which cohort a message counts in."""
+
+    tenant_id: int
+    hour: dt.datetime
+    channel: str
+    source: str
+    campaign_id: int
+
+
+class Tally:
+    """Counter increments for every rollup table, accumulated over one batch."""
+
+    def __init__(self) -> None:
+        self.messages: dict[CohortKey, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.links: dict[tuple[CohortKey, str], list[int]] = defaultdict(lambda: [0, 0])
+        self.opens: dict[tuple[CohortKey, str, str], int] = defaultdict(int)
+        self.delays: dict[tuple[int, dt.datetime, int], int] = defaultdict(int)
+
+    def count(self, key: CohortKey, counter: str, amount: int = 1) -> None:
+        """Add to one of the per-cohort message counters."""
+        self.messages[key][counter] += amount
+
+    def link(self, key: CohortKey, url: str, *, unique: bool) -> None:
+        """Count a human click on a link (unique: the message's first click on it)."""
+        slot = self.links[(key, url)]
+        slot[0] += 1
+        slot[1] += int(unique)
+
+    def open(self, key: CohortKey, device: str, client: str, delay: dt.timedelta) -> None:
+        """Count a message's first human open, by device and client and by hours since sending."""
+        self.opens[(key, device, client)] += 1
+        hours = max(0, min(MAX_DELAY_HOURS, int(delay.total_seconds() // 3600)))
+        self.delays[(key.tenant_id, key.hour, hours)] += 1
+
+    def write(self, conn: Connection) -> None:
+        """Add every tally to its rollup table (sorted keys: concurrent batches lock rows in one order)."""
+        _upsert(
+            conn,
+            rollup_messages,
+            [{**key._asdict(), **counters} for key, counters in sorted(self.messages.items())],
+        )
+        _upsert(
+            conn,
+            rollup_links,
+            [
+                {**key._asdict(), "url": url, "clicks": clicks, "unique_clicks": unique}
+                for (key, url), (clicks, unique) in sorted(self.links.items())
+            ],
+        )
+        _upsert(
+            conn,
+            rollup_opens,
+            [
+                {**key._asdict(), "device": device, "client": client, "opened": opened}
+                for (key, device, client), opened in sorted(self.opens.items())
+            ],
+        )
+        _upsert(
+            conn,
+            rollup_open_delays,
+            [
+                {"tenant_id": tenant_id, "hour": hour, "delay_hours": delay, "opened": opened}
+                for (tenant_id, hour, delay), opened in sorted(self.delays.items())
+            ],
+        )
+
+
+def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    keys = [column.name for column in table.primary_key.columns]
+    counters = [column.name for column in table.columns if column.name not in keys]
+    # One statement shape for every row: counters a row does not touch add zero.
+    for row in rows:
+        for name in counters:
+            row.setdefault(name, 0)
+    insert = postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
+    statement = insert.on_conflict_do_update(
+        index_elements=keys,
+        set_={name: table.c[name] + insert.excluded[name] for name in counters},
+    )
+    conn.execute(statement, rows)

@@ -1,0 +1,1 @@
+"""The `mailtrack` command line."""

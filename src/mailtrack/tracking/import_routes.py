@@ -1,0 +1,36 @@
+"""HTTP: `POST /api/v1/events/import`, the JSON Lines import of historical events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+
+from mailtrack.tenants.auth import ApiTenant, EngineDep
+from mailtrack.tracking.importer import import_lines
+
+router = APIRouter(prefix="/api/v1", tags=["import"])
+MAX_IMPORT_BYTES = 64 * 1024 * 1024
+
+
+@router.post(
+    "/events/import",
+    responses={413: {"description": "body over 64 MiB: split the file"}},
+    openapi_extra={
+        "requestBody": {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}, "required": True}
+    },
+)
+async def import_events(request: Request, tenant_id: ApiTenant, engine: EngineDep) -> dict[str, Any]:
+    """Import historical events, one JSON object per line; reports imported, duplicates and rejected lines."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_IMPORT_BYTES:
+        raise HTTPException(413, f"import bodies are limited to {MAX_IMPORT_BYTES} bytes; split the file")
+    body = bytearray()
+    async for part in request.stream():
+        body.extend(part)
+        if len(body) > MAX_IMPORT_BYTES:
+            raise HTTPException(413, f"import bodies are limited to {MAX_IMPORT_BYTES} bytes; split the file")
+    lines = bytes(body).splitlines()
+    report = await run_in_threadpool(import_lines, engine, tenant_id=tenant_id, lines=lines)
+    return report.as_dict()
