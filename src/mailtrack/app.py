@@ -13,7 +13,12 @@ from sqlalchemy import Engine, text
 from mailtrack import __version__
 from mailtrack.config import Settings, get_settings
 from mailtrack.db import make_engine
+from mailtrack.messages import routes as message_routes
+from mailtrack.messages.tokens import TokenCodec
 from mailtrack.tracking import import_routes
+from mailtrack.tracking import routes as tracking_routes
+from mailtrack.tracking.useragent import classify_user_agent
+from mailtrack.tracking.writer import IngestWriter
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +28,22 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     settings = settings or get_settings()
     engine = engine or make_engine(settings.database_url)
 
+    writer = IngestWriter(
+        engine,
+        batch_max=settings.ingest_batch_max,
+        queue_max=settings.ingest_queue_max,
+        linger_ms=settings.ingest_linger_ms,
+    )
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Load the user-agent patterns before the first hit instead of during it.
+        classify_user_agent(
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36"
+        )
+        await writer.start()
         yield
+        await writer.stop()
         engine.dispose()
 
     app = FastAPI(
@@ -36,6 +54,14 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.writer = writer
+    app.state.rejected_tokens = 0
+    app.state.token_codec = TokenCodec(
+        [
+            settings.secret_key.get_secret_value(),
+            *(old.get_secret_value() for old in settings.old_secret_keys),
+        ]
+    )
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> JSONResponse:
@@ -48,5 +74,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
+    app.include_router(tracking_routes.router)
+    app.include_router(message_routes.router)
     app.include_router(import_routes.router)
     return app

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
         default=10_000, ge=1, description="Pending hits before tracking endpoints wait (back-pressure)."
     )
     ingest_linger_ms: float = Field(
-        default=2.0,
+        default=0.0,
         ge=0,
         le=1000,
         description="How long the writer waits to fill a batch once a hit arrives.",

@@ -270,3 +270,21 @@ def link_positions_for_urls(
     if new_rows:
         conn.execute(insert(links), new_rows)
     return {(message_id, url): existing[message_id][url] for message_id, url in wanted}
+
+
+def mark_do_not_track(conn: Connection, *, tenant_id: int, message_id: int) -> None:
+    """Remember that the recipient of this message asked not to be tracked (DNT / GPC)."""
+    customer_id = (
+        select(messages.c.customer_id)
+        .where(messages.c.tenant_id == tenant_id, messages.c.id == message_id)
+        .scalar_subquery()
+    )
+    conn.execute(
+        update(customers)
+        .where(
+            customers.c.tenant_id == tenant_id,
+            customers.c.id == customer_id,
+            customers.c.do_not_track.is_(False),
+        )
+        .values(do_not_track=True)
+    )

@@ -62,6 +62,7 @@ class IngestResult:
     stored: int = 0
     duplicates: int = 0
     unknown_messages: int = 0
+    not_tracked: int = 0  # opens and clicks refused: untracked message or do-not-track customer
 
 
 def message_weight(sent: dt.datetime) -> float:
@@ -91,6 +92,7 @@ class _MessageState:
     complained_at: dt.datetime | None
     open_count: int
     click_count: int
+    do_not_track: bool
     changed: bool = False
 
 
@@ -182,6 +184,11 @@ def ingest_batch(
         if state is None or state.tenant_id != event.tenant_id or event.type not in EVENT_TYPES:
             result.unknown_messages += 1
             continue
+        if event.type in ("opened", "clicked") and (not state.tracked or state.do_not_track):
+            # Privacy is enforced here, where every path meets: no open or click is kept for mail that
+            # was not to be tracked, nor for a customer who asked not to be (their old mail included).
+            result.not_tracked += 1
+            continue
         agent = _classify(event, state, classify)
         link_key = (event.tenant_id, event.message_id, event.link_position or 0)
         link = links.get(link_key) if event.link_position is not None else None
@@ -230,10 +237,11 @@ def _lock_message_states(conn: Connection, message_ids: list[int]) -> dict[int, 
     states: dict[int, _MessageState] = {}
     for start in range(0, len(message_ids), _SELECT_CHUNK):
         query = (
-            select(*_STATE_COLUMNS)
+            select(*_STATE_COLUMNS, customers.c.do_not_track)
+            .join(customers, customers.c.id == messages.c.customer_id)
             .where(messages.c.id.in_(message_ids[start : start + _SELECT_CHUNK]))
             .order_by(messages.c.id)
-            .with_for_update()
+            .with_for_update(of=messages)
         )
         for row in conn.execute(query):
             values = row._asdict()

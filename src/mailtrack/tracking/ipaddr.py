@@ -15,3 +15,26 @@ def anonymize_ip(ip: str) -> str | None:
         address = address.ipv4_mapped
     prefix = 24 if address.version == 4 else 48
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+
+
+def _in_any(ip: str, networks: list[str]) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+        return any(address in ipaddress.ip_network(network, strict=False) for network in networks)
+    except ValueError:
+        return False
+
+
+def client_ip(peer: str | None, forwarded_for: str | None, trusted_proxies: list[str]) -> str | None:
+    """The client's address: the peer's, or, when the peer is a trusted proxy, the last untrusted hop of
+    X-Forwarded-For (earlier hops are whatever the client claimed and cannot be believed)."""
+    if peer is None or not forwarded_for or not trusted_proxies or not _in_any(peer, trusted_proxies):
+        return peer
+    for hop in reversed([part.strip() for part in forwarded_for.split(",")][:32]):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return peer  # a malformed chain is not to be trusted
+        if not _in_any(hop, trusted_proxies):
+            return hop
+    return peer

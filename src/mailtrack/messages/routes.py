@@ -1,0 +1,190 @@
+"""HTTP: `POST /api/v1/messages`, registering and instrumenting one outgoing message."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, HTTPException, Request, status
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+
+from mailtrack.config import Settings
+from mailtrack.db import utcnow, write_transaction
+from mailtrack.messages.policy import tracking_allowed
+from mailtrack.messages.queries import (
+    CustomerIn,
+    MessageIn,
+    create_messages,
+    ensure_campaign,
+    message_ids,
+    store_links,
+    upsert_customers,
+)
+from mailtrack.messages.rewrite import instrument
+from mailtrack.messages.tables import customers
+from mailtrack.messages.tokens import TokenCodec, TokenKind, TrackingToken
+from mailtrack.tenants.auth import ApiTenant, EngineDep
+from mailtrack.tenants.queries import get_settings
+
+router = APIRouter(prefix="/api/v1", tags=["messages"])
+
+
+class DuplicateMessageError(ValueError):
+    """The salon already registered a message with this id."""
+
+
+MAX_BODY_CHARS = 2_000_000
+
+
+class CustomerBody(BaseModel):
+    """The recipient, as the platform knows them."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: Annotated[str, Field(min_length=1, max_length=200)]
+    name: Annotated[str, Field(max_length=300)] = ""
+    email: Annotated[str, Field(max_length=320)] = ""
+
+
+class MessageRequest(BaseModel):
+    """A message to register and instrument (its body is returned, never stored)."""
+
+    model_config = ConfigDict(extra="forbid")
+    customer: CustomerBody
+    channel: Literal["marketing", "transactional", "system"]
+    source: Literal["campaign", "automation", "system"] | None = None
+    campaign: Annotated[str, Field(max_length=300)] | None = None
+    message_id: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")] | None = Field(
+        default=None, description="Your own id for the message; generated when absent."
+    )
+    subject: Annotated[str, Field(max_length=998)] = ""
+    html: Annotated[str, Field(max_length=MAX_BODY_CHARS)] | None = None
+    text: Annotated[str, Field(max_length=MAX_BODY_CHARS)] | None = None
+    send: bool = False
+
+
+class MessageResponse(BaseModel):
+    """The instrumented message, ready to send."""
+
+    message_id: str
+    tracked: bool
+    suppressed: bool = Field(
+        description="The customer is suppressed for marketing mail (reason in the dashboard)."
+    )
+    html: str | None
+    text: str | None
+    headers: dict[str, str]
+    links: int = Field(description="How many distinct links were rewritten.")
+    skipped_links: list[str] = Field(description="Links left untouched because they were unsafe to track.")
+
+
+def register_message(
+    conn: Connection, codec: TokenCodec, settings: Settings, *, tenant_id: int, body: MessageRequest
+) -> MessageResponse:
+    """Register the message and return it instrumented according to the salon's policy."""
+    source = body.source or ("system" if body.channel == "system" else "campaign")
+    person = body.customer
+    customer_id = upsert_customers(
+        conn, tenant_id=tenant_id, people=[CustomerIn(person.id, person.name, person.email)]
+    )[person.id]
+    customer = conn.execute(
+        select(customers.c.do_not_track, customers.c.suppressed_at).where(customers.c.id == customer_id)
+    ).one()
+    tracked = tracking_allowed(
+        channel=body.channel,
+        settings=get_settings(conn, tenant_id=tenant_id),
+        customer_do_not_track=customer.do_not_track,
+    )
+    campaign_id = (
+        ensure_campaign(conn, tenant_id=tenant_id, name=body.campaign, source=source)
+        if body.campaign
+        else None
+    )
+    external_id = body.message_id or f"msg_{secrets.token_urlsafe(12)}"
+    if message_ids(conn, tenant_id=tenant_id, external_ids=[external_id]):
+        raise DuplicateMessageError(external_id)
+    domain = urlsplit(settings.base_url).hostname or "mailtrack.invalid"
+    smtp_message_id = f"<{secrets.token_urlsafe(18)}@{domain}>"
+    message_id = create_messages(
+        conn,
+        tenant_id=tenant_id,
+        batch=[
+            MessageIn(
+                external_id,
+                customer_id,
+                body.channel,
+                source,
+                campaign_id,
+                tracked,
+                utcnow(),
+                smtp_message_id,
+            )
+        ],
+    )[external_id]
+
+    def url(kind: TokenKind, path: str, position: int = 0) -> str:
+        token = codec.encode(TrackingToken(kind, tenant_id, message_id, position))
+        return f"{settings.base_url}/{path}/{token}"
+
+    unsubscribe_url = url(TokenKind.UNSUBSCRIBE, "u")
+    result = instrument(
+        body.html,
+        body.text,
+        click_url=lambda position: url(TokenKind.CLICK, "c", position),
+        pixel_url=url(TokenKind.OPEN, "o") + ".gif" if tracked else None,
+        rewrite_links=tracked,
+        unsubscribe_url=unsubscribe_url,
+    )
+    store_links(conn, tenant_id=tenant_id, message_id=message_id, urls=result.links)
+    headers = {"Message-ID": smtp_message_id}
+    if body.channel == "marketing":
+        # RFC 8058: mailbox providers show an unsubscribe button that POSTs here, with no cookies.
+        headers["List-Unsubscribe"] = f"<{unsubscribe_url}>"
+        headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    return MessageResponse(
+        message_id=external_id,
+        tracked=tracked,
+        suppressed=customer.suppressed_at is not None,
+        html=result.html,
+        text=result.text,
+        headers=headers,
+        links=len(result.links),
+        skipped_links=result.skipped,
+    )
+
+
+def _register(
+    engine: Engine, codec: TokenCodec, settings: Settings, tenant_id: int, body: MessageRequest
+) -> MessageResponse:
+    with write_transaction(engine) as conn:
+        return register_message(conn, codec, settings, tenant_id=tenant_id, body=body)
+
+
+@router.post(
+    "/messages",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        409: {"description": "message_id already registered"},
+        501: {"description": "sending not configured"},
+    },
+)
+async def create_message(
+    request: Request, body: MessageRequest, tenant_id: ApiTenant, engine: EngineDep
+) -> MessageResponse:
+    """Register one outgoing message and return it instrumented (pixel, rewritten links, headers)."""
+    if body.send:
+        raise HTTPException(
+            status.HTTP_501_NOT_IMPLEMENTED,
+            "sending through Mailtrack's SMTP relay is not configured; send the returned message yourself",
+        )
+    try:
+        return await run_in_threadpool(
+            _register, engine, request.app.state.token_codec, request.app.state.settings, tenant_id, body
+        )
+    except (IntegrityError, DuplicateMessageError):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"message_id {body.message_id!r} is already registered"
+        ) from None
