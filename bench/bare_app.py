@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailtrack.tracking.routes import NO_CACHE, PIXEL_GIF
+from mailtrack.tracking.hits import NO_CACHE, PIXEL_GIF
 
 _HEADERS = [(b"content-type", b"image/gif"), (b"content-length", str(len(PIXEL_GIF)).encode())] + [
     (key.lower().encode(), value.encode()) for key, value in NO_CACHE.items()

@@ -16,7 +16,7 @@ import httpx
 import psycopg
 
 PG_ADMIN = os.environ.get("MAILTRACK_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
-BENCH_SECRET = "bench-secret-0123456789-abcdefghijklmnopqrstuv"
+BENCH_SECRET = "bench-secret-0123456789-abcdefghijklmnopqrstuv"  # noqa: S105  (a throwaway bench database)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -78,5 +78,9 @@ def server(args: list[str], *, env: dict[str, str], port: int) -> Iterator[subpr
 def mailtrack_serve(database_url: str, port: int) -> tuple[list[str], dict[str, str]]:
     """The command and environment of `mailtrack serve` on this database."""
     command = [sys.executable, "-m", "mailtrack.cli", "serve", "--port", str(port)]
-    env = {"MAILTRACK_DATABASE_URL": database_url, "MAILTRACK_SECRET_KEY": BENCH_SECRET, "MAILTRACK_LOG_LEVEL": "WARNING"}
+    env = {
+        "MAILTRACK_DATABASE_URL": database_url,
+        "MAILTRACK_SECRET_KEY": BENCH_SECRET,
+        "MAILTRACK_LOG_LEVEL": "WARNING",
+    }
     return command, env

@@ -18,7 +18,14 @@ import sys
 
 from sqlalchemy import func, select
 
-from bench.common import BENCH_SECRET, free_port, mailtrack_serve, postgres_available, scratch_database, server
+from bench.common import (
+    BENCH_SECRET,
+    free_port,
+    mailtrack_serve,
+    postgres_available,
+    scratch_database,
+    server,
+)
 from mailtrack.config import Settings
 from mailtrack.db import make_engine, write_transaction
 from mailtrack.messages.routes import MessageRequest, register_message
@@ -34,12 +41,16 @@ def wrk(url: str, *, seconds: int, connections: int) -> dict[str, float]:
     """Run wrk against a URL; returns requests, errors, rate and p50/p99 in milliseconds."""
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
+
     def latency(percent: str) -> float:
         match = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
         assert match, out
         return float(match.group(1)) * _UNITS[match.group(2)]
+
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
@@ -57,15 +68,23 @@ def prepare(database_url: str, port: int) -> tuple[str, str]:
     """A migrated database with one tracked message; returns its pixel and click paths."""
     engine = make_engine(database_url)
     upgrade(engine)
-    settings = Settings(database_url=database_url, secret_key=BENCH_SECRET, base_url=f"http://127.0.0.1:{port}")
+    settings = Settings(
+        database_url=database_url, secret_key=BENCH_SECRET, base_url=f"http://127.0.0.1:{port}"
+    )
     with write_transaction(engine) as conn:
         tenant = create_tenant(conn, name="Bench salon")
         message = register_message(
-            conn, TokenCodec([BENCH_SECRET]), settings, tenant_id=tenant.id,
-            body=MessageRequest.model_validate({
-                "customer": {"id": "c1", "name": "Bench"}, "channel": "marketing",
-                "html": '<a href="https://salon.example/book">Book</a>',
-            }),
+            conn,
+            TokenCodec([BENCH_SECRET]),
+            settings,
+            tenant_id=tenant.id,
+            body=MessageRequest.model_validate(
+                {
+                    "customer": {"id": "c1", "name": "Bench"},
+                    "channel": "marketing",
+                    "html": '<a href="https://salon.example/book">Book</a>',
+                }
+            ),
         )
     engine.dispose()
     assert message.html is not None
@@ -93,9 +112,14 @@ def main() -> int:
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
         return 2
     backends = ["sqlite"] + (["postgresql"] if postgres_available() else [])
-    print(f"wrk -t2 -c{args.connections} -d{args.seconds}s; ratio = Mailtrack rate / bare ASGI app rate (same run)")
-    print(f"{'backend':<11}{'endpoint':<9}{'hits/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'bare/s':>9}{'ratio':>7}"
-          f"{'answered':>10}{'stored':>9}")
+    print(
+        f"wrk -t2 -c{args.connections} -d{args.seconds}s; "
+        "ratio = Mailtrack rate / bare ASGI app rate (same run)"
+    )
+    print(
+        f"{'backend':<11}{'endpoint':<9}{'hits/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'bare/s':>9}{'ratio':>7}"
+        f"{'answered':>10}{'stored':>9}"
+    )
     for backend in backends:
         port = free_port()
         with scratch_database(backend, "mt_bench_tracking") as url:
@@ -104,22 +128,43 @@ def main() -> int:
             results = {}
             with server(command, env=env, port=port):
                 for name, path in (("/o", pixel), ("/c", click)):
-                    results[name] = wrk(f"http://127.0.0.1:{port}{path}", seconds=args.seconds,
-                                        connections=args.connections)
+                    results[name] = wrk(
+                        f"http://127.0.0.1:{port}{path}", seconds=args.seconds, connections=args.connections
+                    )
             stored = stored_events(url)
         bare_port = free_port()
-        bare_cmd = [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port", str(bare_port),
-                    "--log-level", "warning", "--no-server-header", "--loop", "uvloop", "--http", "httptools"]
+        bare_cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.bare_app:app",
+            "--port",
+            str(bare_port),
+            "--log-level",
+            "warning",
+            "--no-server-header",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+        ]
         with server(bare_cmd, env={}, port=bare_port):
-            bare = wrk(f"http://127.0.0.1:{bare_port}/o/x", seconds=args.seconds, connections=args.connections)
+            bare = wrk(
+                f"http://127.0.0.1:{bare_port}/o/x", seconds=args.seconds, connections=args.connections
+            )
         answered = sum(int(r["requests"] - r["non_2xx_3xx"]) for r in results.values())
         for name, r in results.items():
-            print(f"{backend:<11}{name:<9}{r['rate']:>9.0f}{r['p50']:>8.2f}{r['p99']:>8.2f}{bare['rate']:>9.0f}"
-                  f"{r['rate'] / bare['rate']:>7.2f}", end="")
+            print(
+                f"{backend:<11}{name:<9}{r['rate']:>9.0f}{r['p50']:>8.2f}{r['p99']:>8.2f}{bare['rate']:>9.0f}"
+                f"{r['rate'] / bare['rate']:>7.2f}",
+                end="",
+            )
             print(f"{answered:>10}{stored:>9}" if name == "/c" else "")
         print(f"{'':<11}{'bare':<9}{bare['rate']:>9.0f}{bare['p50']:>8.2f}{bare['p99']:>8.2f}")
         if stored < answered:
-            print(f"LOST HITS on {backend}: {answered - stored} answered hits are not stored", file=sys.stderr)
+            print(
+                f"LOST HITS on {backend}: {answered - stored} answered hits are not stored", file=sys.stderr
+            )
             return 1
     return 0
 

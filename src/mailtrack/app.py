@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 
@@ -17,6 +19,8 @@ from mailtrack.messages import routes as message_routes
 from mailtrack.messages.tokens import TokenCodec
 from mailtrack.tracking import import_routes
 from mailtrack.tracking import routes as tracking_routes
+from mailtrack.tracking.fastpath import OPENAPI_PATHS, TrackingFastPath
+from mailtrack.tracking.hits import LinkCache, Tracking
 from mailtrack.tracking.useragent import classify_user_agent
 from mailtrack.tracking.writer import IngestWriter
 
@@ -54,14 +58,19 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     )
     app.state.settings = settings
     app.state.engine = engine
-    app.state.writer = writer
-    app.state.rejected_tokens = 0
-    app.state.token_codec = TokenCodec(
-        [
-            settings.secret_key.get_secret_value(),
-            *(old.get_secret_value() for old in settings.old_secret_keys),
-        ]
+    app.state.tracking = Tracking(
+        settings=settings,
+        engine=engine,
+        writer=writer,
+        codec=TokenCodec(
+            [
+                settings.secret_key.get_secret_value(),
+                *(old.get_secret_value() for old in settings.old_secret_keys),
+            ]
+        ),
+        links=LinkCache(engine),
     )
+    app.add_middleware(TrackingFastPath)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> JSONResponse:
@@ -77,4 +86,13 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(tracking_routes.router)
     app.include_router(message_routes.router)
     app.include_router(import_routes.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            schema["paths"] = {**OPENAPI_PATHS, **schema["paths"]}  # the fast path is not a framework route
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
     return app

@@ -8,16 +8,19 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select
+from tests.factories import make_api_key, make_tenant
+from tests.functional.conftest import LiveServer
 
 from mailtrack.analytics.tables import rollup_messages
 from mailtrack.messages.tables import customers, links, messages
 from mailtrack.messages.tokens import TokenKind, TrackingToken
-from mailtrack.tracking.routes import PIXEL_GIF
+from mailtrack.tracking.hits import PIXEL_GIF
 from mailtrack.tracking.tables import events
-from tests.factories import make_api_key, make_tenant
-from tests.functional.conftest import LiveServer
 
-IPHONE_MAIL = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148"
+IPHONE_MAIL = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) "
+    "AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148"
+)
 OUTLOOK = "Mozilla/4.0 (compatible; ms-office; MSOffice 16) Microsoft Outlook 16.0.17328; Pro"
 GMAIL_PROXY = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
 HTML = """<html><body><table><tr><td>
@@ -62,7 +65,7 @@ def salon(live_server: LiveServer) -> tuple[int, str]:
 def test_marketing_mail_is_instrumented_and_hits_are_recorded(
     live_server: LiveServer, salon: tuple[int, str]
 ) -> None:
-    tenant_id, key = salon
+    _, key = salon
     message = register(live_server, key)
     assert message["tracked"] is True
     assert message["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
@@ -72,7 +75,8 @@ def test_marketing_mail_is_instrumented_and_hits_are_recorded(
     pixel = paths(message["html"], "o")
     clicks = paths(message["html"], "c")
     assert len(pixel) == 1
-    assert len(clicks) == 2 and clicks[0] == clicks[1], "the VML twin shares its link's position"
+    assert len(clicks) == 2
+    assert clicks[0] == clicks[1], "the VML twin shares its link's position"
     assert "salon.example/book" not in message["html"]
     assert paths(message["text"], "c") == clicks[:1]
 

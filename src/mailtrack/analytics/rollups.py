@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Executable, Table
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mailtrack.analytics.tables import rollup_links, rollup_messages, rollup_open_delays, rollup_opens
@@ -83,18 +84,25 @@ class Tally:
         )
 
 
-def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
+@cache
+def _upsert_statement(table: Table, dialect: str) -> tuple[Executable, tuple[str, ...]]:
+    # Built once per table and backend: constructing the expression costs more than running it.
     keys = [column.name for column in table.primary_key.columns]
-    counters = [column.name for column in table.columns if column.name not in keys]
-    # One statement shape for every row: counters a row does not touch add zero.
-    for row in rows:
-        for name in counters:
-            row.setdefault(name, 0)
-    insert = postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
+    counters = tuple(column.name for column in table.columns if column.name not in keys)
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
     statement = insert.on_conflict_do_update(
         index_elements=keys,
         set_={name: table.c[name] + insert.excluded[name] for name in counters},
     )
+    return statement, counters
+
+
+def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    statement, counters = _upsert_statement(table, conn.dialect.name)
+    # One statement shape for every row: counters a row does not touch add zero.
+    for row in rows:
+        for name in counters:
+            row.setdefault(name, 0)
     conn.execute(statement, rows)

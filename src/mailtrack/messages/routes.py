@@ -182,7 +182,7 @@ async def create_message(
         )
     try:
         return await run_in_threadpool(
-            _register, engine, request.app.state.token_codec, request.app.state.settings, tenant_id, body
+            _register, engine, request.app.state.tracking.codec, request.app.state.settings, tenant_id, body
         )
     except (IntegrityError, DuplicateMessageError):
         raise HTTPException(

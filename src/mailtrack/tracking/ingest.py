@@ -15,13 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, or_, select, update
+from sqlalchemy import Connection, Executable, bindparam, case, or_, select, update
 
 from mailtrack.analytics import rollups
 from mailtrack.db import bulk_insert
 from mailtrack.messages.queries import LinkKey, LinkState, add_link_clicks, link_states
 from mailtrack.messages.tables import customers, messages
-from mailtrack.tenants.queries import get_settings
+from mailtrack.tenants.tables import tenant_settings
 from mailtrack.tracking.ipaddr import anonymize_ip
 from mailtrack.tracking.tables import EVENT_TYPES, events
 from mailtrack.tracking.useragent import UserAgentInfo, classify_user_agent, is_apple_proxy_ip
@@ -93,6 +93,7 @@ class _MessageState:
     open_count: int
     click_count: int
     do_not_track: bool
+    ip_anonymize_days: int  # the salon's IP policy, read with the state to save a query per batch
     changed: bool = False
 
 
@@ -172,10 +173,6 @@ def ingest_batch(
         ],
     )
     link_clicks: dict[LinkKey, int] = defaultdict(int)
-    ip_policy = {
-        tenant_id: get_settings(conn, tenant_id=tenant_id).ip_anonymize_days
-        for tenant_id in {event.tenant_id for event in fresh}
-    }
     tally = rollups.Tally()
     deltas: dict[int, _CustomerDelta] = defaultdict(_CustomerDelta)
     rows: list[dict[str, Any]] = []
@@ -194,7 +191,7 @@ def ingest_batch(
         link = links.get(link_key) if event.link_position is not None else None
         if _apply(event, state, agent, link, tally, deltas[state.customer_id]):
             link_clicks[link_key] += 1
-        rows.append(_event_row(event, state, agent, ip_policy[event.tenant_id]))
+        rows.append(_event_row(event, state, agent))
     bulk_insert(conn, events, rows)
     _write_message_states(conn, [state for state in states.values() if state.changed])
     _write_customer_deltas(conn, deltas)
@@ -236,14 +233,7 @@ def _lock_message_states(conn: Connection, message_ids: list[int]) -> dict[int, 
     # exact when several app nodes ingest hits for the same message at once. Ids are sorted: no deadlock.
     states: dict[int, _MessageState] = {}
     for start in range(0, len(message_ids), _SELECT_CHUNK):
-        query = (
-            select(*_STATE_COLUMNS, customers.c.do_not_track)
-            .join(customers, customers.c.id == messages.c.customer_id)
-            .where(messages.c.id.in_(message_ids[start : start + _SELECT_CHUNK]))
-            .order_by(messages.c.id)
-            .with_for_update(of=messages)
-        )
-        for row in conn.execute(query):
+        for row in conn.execute(_LOCK_MESSAGE_STATES, {"ids": message_ids[start : start + _SELECT_CHUNK]}):
             values = row._asdict()
             values["campaign_id"] = values["campaign_id"] or 0
             states[row.id] = _MessageState(**values)
@@ -386,11 +376,9 @@ def _apply_bounce(
         customer.bump("soft_bounces")
 
 
-def _event_row(
-    event: EventIn, state: _MessageState, agent: UserAgentInfo | None, ip_anonymize_days: int
-) -> dict[str, Any]:
-    ip = None if ip_anonymize_days < 0 else event.ip
-    truncate_now = ip is not None and ip_anonymize_days == 0
+def _event_row(event: EventIn, state: _MessageState, agent: UserAgentInfo | None) -> dict[str, Any]:
+    ip = None if state.ip_anonymize_days < 0 else event.ip
+    truncate_now = ip is not None and state.ip_anonymize_days == 0
     return {
         "tenant_id": event.tenant_id,
         "message_id": event.message_id,
@@ -414,16 +402,49 @@ def _event_row(
     }
 
 
+# Statements are built once: constructing SQLAlchemy expressions per batch cost more than running them.
+_UPDATE_MESSAGE_STATE = (
+    update(messages)
+    .where(messages.c.id == bindparam("state_id"))
+    .values({name: bindparam(f"new_{name}", type_=messages.c[name].type) for name in _MUTABLE})
+)
+
+
+def _customer_delta_statement() -> Executable:
+    values: dict[str, Any] = {}
+    for name in (*_CUSTOMER_COUNTERS, *_CUSTOMER_WEIGHTS):
+        values[name] = customers.c[name] + bindparam(f"d_{name}", type_=customers.c[name].type)
+    for name in _CUSTOMER_LATEST:
+        column = customers.c[name]
+        new = bindparam(f"d_{name}", type_=column.type)
+        values[name] = case((or_(column.is_(None), column < new), new), else_=column)
+    return update(customers).where(customers.c.id == bindparam("customer_key")).values(values)
+
+
+_UPDATE_CUSTOMER_DELTAS = _customer_delta_statement()
+_SUPPRESS_CUSTOMER = (
+    update(customers)
+    .where(customers.c.id == bindparam("customer_key"), customers.c.suppressed_at.is_(None))
+    .values(
+        suppressed_at=bindparam("at", type_=customers.c.suppressed_at.type),
+        suppression_reason=bindparam("reason"),
+    )
+)
+_LOCK_MESSAGE_STATES = (
+    select(*_STATE_COLUMNS, customers.c.do_not_track, tenant_settings.c.ip_anonymize_days)
+    .join(customers, customers.c.id == messages.c.customer_id)
+    .join(tenant_settings, tenant_settings.c.tenant_id == messages.c.tenant_id)
+    .where(messages.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(messages.c.id)
+    .with_for_update(of=messages)
+)
+
+
 def _write_message_states(conn: Connection, changed: list[_MessageState]) -> None:
     if not changed:
         return
-    statement = (
-        update(messages)
-        .where(messages.c.id == bindparam("state_id"))
-        .values({name: bindparam(f"new_{name}", type_=messages.c[name].type) for name in _MUTABLE})
-    )
     conn.execute(
-        statement,
+        _UPDATE_MESSAGE_STATE,
         [
             {"state_id": state.id, **{f"new_{name}": getattr(state, name) for name in _MUTABLE}}
             for state in changed
@@ -434,14 +455,6 @@ def _write_message_states(conn: Connection, changed: list[_MessageState]) -> Non
 def _write_customer_deltas(conn: Connection, deltas: dict[int, _CustomerDelta]) -> None:
     if not deltas:
         return
-    values: dict[str, Any] = {}
-    for name in (*_CUSTOMER_COUNTERS, *_CUSTOMER_WEIGHTS):
-        values[name] = customers.c[name] + bindparam(f"d_{name}", type_=customers.c[name].type)
-    for name in _CUSTOMER_LATEST:
-        column = customers.c[name]
-        new = bindparam(f"d_{name}", type_=column.type)
-        values[name] = case((or_(column.is_(None), column < new), new), else_=column)
-    statement = update(customers).where(customers.c.id == bindparam("customer_key")).values(values)
     params = []
     for customer_id in sorted(deltas):  # a stable order keeps concurrent batches from deadlocking
         delta = deltas[customer_id]
@@ -451,7 +464,7 @@ def _write_customer_deltas(conn: Connection, deltas: dict[int, _CustomerDelta]) 
         )
         row.update({f"d_{name}": delta.latest.get(name) for name in _CUSTOMER_LATEST})
         params.append(row)
-    conn.execute(statement, params)
+    conn.execute(_UPDATE_CUSTOMER_DELTAS, params)
     _suppress(conn, deltas)
 
 
@@ -472,12 +485,4 @@ def _suppress(conn: Connection, deltas: dict[int, _CustomerDelta]) -> None:
                 params.append({"customer_key": customer_id, "at": moment, "reason": reason})
                 break
     if params:
-        conn.execute(
-            update(customers)
-            .where(customers.c.id == bindparam("customer_key"), customers.c.suppressed_at.is_(None))
-            .values(
-                suppressed_at=bindparam("at", type_=customers.c.suppressed_at.type),
-                suppression_reason=bindparam("reason"),
-            ),
-            params,
-        )
+        conn.execute(_SUPPRESS_CUSTOMER, params)

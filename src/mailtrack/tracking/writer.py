@@ -9,7 +9,9 @@ of N, and the bounded queue makes handlers wait (back-pressure) rather than grow
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from mailtrack.db import write_transaction
 from mailtrack.tracking.ingest import EventIn, IngestResult, ingest_batch
 
 log = logging.getLogger(__name__)
+SWITCH_INTERVAL = 0.0002
 
 
 class WriterStoppedError(RuntimeError):
@@ -60,6 +63,9 @@ class IngestWriter:
 
     async def start(self) -> None:
         """Start the writer task on the running loop."""
+        # The writer thread and the event loop hand the GIL back and forth once per batch; at the default
+        # 5 ms switch interval every hit would wait for those handoffs, so switch far more often.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self._queue = asyncio.Queue(maxsize=self._queue_max)
         self._task = asyncio.create_task(self._run(), name="ingest-writer")
 
@@ -77,10 +83,8 @@ class IngestWriter:
             return
         await self._queue.join()
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
         self._thread.shutdown(wait=True)
 
     async def _run(self) -> None:

@@ -1,0 +1,114 @@
+"""`/o` and `/c` as raw ASGI, in front of the framework: they are nearly all of the traffic.
+
+A framework route costs several times the work of the hit itself (routing, validation, response
+classes); answering here keeps the pixel and the redirect fast. Everything else goes on to the app.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mailtrack.messages.tokens import TokenKind
+from mailtrack.tracking.hits import NO_CACHE, PIXEL_GIF, Hit, Tracking, page, record
+
+_PIXEL_HEADERS = [
+    (b"content-type", b"image/gif"),
+    (b"content-length", str(len(PIXEL_GIF)).encode()),
+    *((name.lower().encode(), value.encode()) for name, value in NO_CACHE.items()),
+]
+_NOT_FOUND = page("Link not found", "This link is not valid or has expired.").encode()
+_NOT_FOUND_HEADERS = [
+    (b"content-type", b"text/html; charset=utf-8"),
+    (b"content-length", str(len(_NOT_FOUND)).encode()),
+    (b"cache-control", b"no-store"),
+]
+_WANTED = {b"user-agent", b"referer", b"dnt", b"sec-gpc", b"x-forwarded-for"}
+
+
+def _hit(scope: Scope) -> Hit:
+    headers = {
+        name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"] if name in _WANTED
+    }
+    client = scope.get("client")
+    return Hit(scope["method"], headers, client[0] if client else None)
+
+
+async def _respond(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes, method: str
+) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+
+class TrackingFastPath:
+    """ASGI middleware answering the open pixel and click redirects."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            path: str = scope["path"]
+            if path.startswith("/o/"):
+                await self._open(scope["app"].state.tracking, scope, send, path[3:])
+                return
+            if path.startswith("/c/"):
+                await self._click(scope["app"].state.tracking, scope, send, path[3:])
+                return
+        await self.app(scope, receive, send)
+
+    async def _open(self, tracking: Tracking, scope: Scope, send: Send, text: str) -> None:
+        token = tracking.codec.decode(text.removesuffix(".gif"), kind=TokenKind.OPEN)
+        if token is None:
+            tracking.rejected_tokens += 1
+        else:
+            await record(tracking, _hit(scope), token, "opened")
+        await _respond(send, 200, _PIXEL_HEADERS, PIXEL_GIF, scope["method"])
+
+    async def _click(self, tracking: Tracking, scope: Scope, send: Send, text: str) -> None:
+        token = tracking.codec.decode(text, kind=TokenKind.CLICK)
+        url = await tracking.links.target(token) if token is not None else None
+        if token is None or url is None:
+            tracking.rejected_tokens += token is None
+            await _respond(send, 404, _NOT_FOUND_HEADERS, _NOT_FOUND, scope["method"])
+            return
+        await record(tracking, _hit(scope), token, "clicked")
+        headers = [
+            (b"location", url.encode("utf-8")),
+            (b"cache-control", b"no-store"),
+            (b"referrer-policy", b"origin"),
+            (b"content-length", b"0"),
+        ]
+        await _respond(send, 302, headers, b"", scope["method"])
+
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/o/{token}": {
+        "get": {
+            "tags": ["tracking"],
+            "summary": "Open pixel",
+            "description": "Always a 1×1 GIF, uncacheable; records an open for a valid token when tracking "
+            "is allowed. A `.gif` suffix is accepted. DNT/GPC hits record nothing and mark the customer "
+            "do-not-track.",
+            "operationId": "open_pixel",
+            "parameters": [{"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "the pixel", "content": {"image/gif": {}}}},
+        }
+    },
+    "/c/{token}": {
+        "get": {
+            "tags": ["tracking"],
+            "summary": "Click redirect",
+            "description": "302 to the URL stored for this link token (never one from the request); records "
+            "the click. HEAD requests are recorded as machine clicks.",
+            "operationId": "click_redirect",
+            "parameters": [{"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {
+                "302": {"description": "to the stored URL"},
+                "404": {"description": "unknown link"},
+            },
+        }
+    },
+}

@@ -1,0 +1,136 @@
+"""What a tracking hit means, independent of the web framework: decode, build the event, record it.
+
+Both the raw ASGI fast path (`/o`, `/c`) and the framework routes (`/u`) use these functions.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
+
+from mailtrack.config import Settings
+from mailtrack.db import utcnow, write_transaction
+from mailtrack.messages.queries import link_url, mark_do_not_track
+from mailtrack.messages.tokens import TokenCodec, TrackingToken
+from mailtrack.tracking.ingest import EventIn
+from mailtrack.tracking.ipaddr import client_ip
+from mailtrack.tracking.writer import IngestWriter
+
+log = logging.getLogger(__name__)
+
+# The smallest transparent 1×1 GIF (43 bytes).
+PIXEL_GIF = bytes.fromhex(
+    "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
+)
+NO_CACHE = {
+    "Cache-Control": "no-store, no-cache, must-revalidate, private, max-age=0",
+    "Pragma": "no-cache",
+    "Expires": "0",
+}
+MAX_AGENT_CHARS = 1024
+MAX_REFERER_CHARS = 1000
+
+
+@dataclass(slots=True)
+class Tracking:
+    """Everything a hit needs from the running application."""
+
+    settings: Settings
+    engine: Engine
+    writer: IngestWriter
+    codec: TokenCodec
+    links: LinkCache
+    rejected_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """The parts of an HTTP request that a hit records."""
+
+    method: str
+    headers: Mapping[str, str]  # lower-case names
+    peer: str | None
+
+
+def privacy_signal(hit: Hit) -> bool:
+    """True when the request carries Do-Not-Track or Global Privacy Control."""
+    return hit.headers.get("dnt", "").strip() == "1" or hit.headers.get("sec-gpc", "").strip() == "1"
+
+
+def event_for(tracking: Tracking, hit: Hit, token: TrackingToken, kind: str) -> EventIn:
+    """The event a hit records."""
+    agent = hit.headers.get("user-agent")
+    referer = hit.headers.get("referer")
+    return EventIn(
+        tenant_id=token.tenant_id,
+        message_id=token.message_id,
+        type=kind,
+        occurred_at=utcnow(),
+        user_agent=agent[:MAX_AGENT_CHARS] if agent else None,
+        ip=client_ip(hit.peer, hit.headers.get("x-forwarded-for"), tracking.settings.trusted_proxies),
+        referer=referer[:MAX_REFERER_CHARS] if referer else None,
+        link_position=token.link_position if kind == "clicked" else None,
+        machine_reason="head_request" if hit.method == "HEAD" else None,
+    )
+
+
+async def record(tracking: Tracking, hit: Hit, token: TrackingToken, kind: str) -> None:
+    """Store an open or click once it is durable; a DNT/GPC hit only marks the customer do-not-track.
+
+    Never raises: the pixel must render and the reader must reach the link whatever the database did.
+    """
+    try:
+        if privacy_signal(hit):
+            await run_in_threadpool(_remember_do_not_track, tracking.engine, token)
+        else:
+            await tracking.writer.submit(event_for(tracking, hit, token, kind))
+    except Exception:
+        log.exception("%s of message %s not recorded", kind, token.message_id)
+
+
+def _remember_do_not_track(engine: Engine, token: TrackingToken) -> None:
+    with write_transaction(engine) as conn:
+        mark_do_not_track(conn, tenant_id=token.tenant_id, message_id=token.message_id)
+
+
+class LinkCache:
+    """Link targets by (tenant, message, position); a stored target never changes, so it can be kept."""
+
+    def __init__(self, engine: Engine, size: int = 65536) -> None:
+        self._engine = engine
+        self._size = size
+        self._urls: dict[tuple[int, int, int], str] = {}
+
+    async def target(self, token: TrackingToken) -> str | None:
+        """The URL stored for a click token, or None; a miss reads the database off the event loop."""
+        key = (token.tenant_id, token.message_id, token.link_position)
+        url = self._urls.get(key)
+        if url is None:
+            url = await run_in_threadpool(self._load, key)
+            if url is not None:
+                if len(self._urls) >= self._size:
+                    del self._urls[next(iter(self._urls))]  # oldest first: insertion order
+                self._urls[key] = url
+        return url
+
+    def _load(self, key: tuple[int, int, int]) -> str | None:
+        with self._engine.connect() as conn:
+            return link_url(conn, tenant_id=key[0], message_id=key[1], position=key[2])
+
+
+def page(title: str, body: str, *, raw: bool = False) -> str:
+    """A minimal standalone HTML page (unsubscribe, not found)."""
+    content = body if raw else f"<p>{html.escape(body)}</p>"
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width,initial-scale=1">'
+        f"<title>{html.escape(title)}</title>"
+        "<style>body{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;"
+        "padding:0 1rem}</style>"
+        f"</head><body><h1>{html.escape(title)}</h1>{content}</body></html>"
+    )
