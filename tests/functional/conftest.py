@@ -30,7 +30,8 @@ class LiveServer:
         return httpx.Client(base_url=self.url, timeout=10, **kwargs)  # type: ignore[arg-type]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """An unused loopback port."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -40,7 +41,7 @@ def _free_port() -> int:
 @pytest.fixture
 def live_server(settings: Settings, engine: Engine) -> Iterator[LiveServer]:
     """Serve the app on 127.0.0.1 for the duration of a test."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = settings.model_copy(update={"base_url": url})
     app = create_app(settings, engine=engine)

@@ -1,0 +1,110 @@
+"""`kill -9` under load loses no acknowledged hit: a hit is answered only once its event is committed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+from sqlalchemy import Engine, select
+from tests.conftest import TEST_SECRET
+from tests.factories import make_tenant
+from tests.functional.conftest import free_port
+
+from mailtrack.config import Settings
+from mailtrack.db import write_transaction
+from mailtrack.messages.routes import MessageRequest, register_message
+from mailtrack.messages.tokens import TokenCodec
+from mailtrack.tracking.tables import events
+
+
+@contextmanager
+def served(database_url: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`mailtrack serve` as a real process, answering on the port."""
+    env = {**os.environ, "MAILTRACK_DATABASE_URL": database_url, "MAILTRACK_SECRET_KEY": TEST_SECRET}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailtrack.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, "the server exited"
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+
+
+def test_every_acknowledged_hit_survives_kill_9(
+    database_url: str, engine: Engine, settings: Settings
+) -> None:
+    tenant = make_tenant(engine)
+    with write_transaction(engine) as conn:
+        message = register_message(
+            conn,
+            TokenCodec([TEST_SECRET]),
+            settings,
+            tenant_id=tenant.id,
+            body=MessageRequest.model_validate(
+                {"customer": {"id": "c1"}, "channel": "marketing", "html": "<p>hi</p>"}
+            ),
+        )
+    assert message.html is not None
+    pixel = message.html.split('src="', 1)[1].split('"', 1)[0].removeprefix(settings.base_url)
+    port = free_port()
+    acknowledged: set[str] = set()
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def hammer(worker: int) -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            for number in range(1_000_000):
+                if stop.is_set():
+                    return
+                marker = f"https://ref.example/{worker}/{number}"
+                try:
+                    answer = client.get(pixel, headers={"Referer": marker, "User-Agent": "Thunderbird/115.0"})
+                except httpx.TransportError:
+                    return
+                if answer.status_code == 200:
+                    with lock:
+                        acknowledged.add(marker)
+
+    with served(database_url, port) as process:
+        threads = [threading.Thread(target=hammer, args=(worker,)) for worker in range(8)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(acknowledged) < 300 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+    assert len(acknowledged) >= 300, "the load never got going"
+
+    # A restart recovers the database (WAL replay on both backends) before anything is read.
+    with served(database_url, port), engine.connect() as conn:
+        stored = set(conn.execute(select(events.c.referer).where(events.c.type == "opened")).scalars())
+    lost = acknowledged - stored
+    assert not lost, (
+        f"{len(lost)} of {len(acknowledged)} acknowledged hits were lost, e.g. {sorted(lost)[:3]}"
+    )
