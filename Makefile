@@ -41,7 +41,8 @@ format: install-dev
 
 ## Benchmarks: each prints its figures next to a reference measured in the same run.
 bench: install-dev
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.tracking
 
 ## Re-pin every dependency after changing pyproject.toml.
 lock: install-dev

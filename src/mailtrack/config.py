@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
@@ -52,6 +53,16 @@ class Settings(BaseSettings):
         description="How long the writer waits to fill a batch once a hit arrives.",
     )
     log_level: str = Field(default="INFO", description="Python logging level name.")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for proxy in value:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"not an address or CIDR range: {proxy!r}") from None
+        return value
 
     @field_validator("base_url")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 
 
 def anonymize_ip(ip: str) -> str | None:
@@ -17,12 +18,17 @@ def anonymize_ip(ip: str) -> str | None:
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
 
 
+@lru_cache(maxsize=8)
+def _networks(proxies: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(proxy, strict=False) for proxy in proxies)
+
+
 def _in_any(ip: str, networks: list[str]) -> bool:
     try:
         address = ipaddress.ip_address(ip)
-        return any(address in ipaddress.ip_network(network, strict=False) for network in networks)
     except ValueError:
         return False
+    return any(address in network for network in _networks(tuple(networks)))
 
 
 def client_ip(peer: str | None, forwarded_for: str | None, trusted_proxies: list[str]) -> str | None:
