@@ -91,6 +91,9 @@ messages = Table(
     Column("complained_at", UTCDateTime, nullable=True),
     Column("open_count", Integer, nullable=False, server_default="0"),
     Column("click_count", Integer, nullable=False, server_default="0"),
+    # The latest click, human or not: a different link clicked within a second is a scanner's sweep.
+    Column("last_click_at", UTCDateTime, nullable=True),
+    Column("last_click_position", SmallInteger, nullable=True),
     UniqueConstraint("tenant_id", "external_id"),
     Index(None, "tenant_id", "customer_id", "cohort_at"),
     Index(None, "tenant_id", "cohort_at"),

@@ -28,6 +28,8 @@ from mailtrack.tracking.useragent import UserAgentInfo, classify_user_agent, is_
 
 # A click this soon after the message left is a security scanner following links on delivery.
 SCANNER_CLICK_WINDOW = dt.timedelta(seconds=10)
+# Another link of the same message clicked this soon after the last one: a scanner sweeping every link.
+LINK_SWEEP_WINDOW = dt.timedelta(seconds=1)
 # Each tracked message weighs 2 ** (days since this epoch / 30) in a customer's engagement sums.
 WEIGHT_EPOCH = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
 WEIGHT_HALF_LIFE_DAYS = 30.0
@@ -92,6 +94,8 @@ class _MessageState:
     complained_at: dt.datetime | None
     open_count: int
     click_count: int
+    last_click_at: dt.datetime | None
+    last_click_position: int | None
     do_not_track: bool
     ip_anonymize_days: int  # the salon's IP policy, read with the state to save a query per batch
     changed: bool = False
@@ -117,6 +121,8 @@ _STATE_COLUMNS = [
     messages.c.complained_at,
     messages.c.open_count,
     messages.c.click_count,
+    messages.c.last_click_at,
+    messages.c.last_click_position,
 ]
 _MUTABLE = [column.name for column in _STATE_COLUMNS[8:]]
 
@@ -257,6 +263,15 @@ def _classify(
         and event.occurred_at - state.sent_at < SCANNER_CLICK_WINDOW
     ):
         reason = "click_too_soon"
+    if (
+        reason is None
+        and not agent.machine
+        and event.type == "clicked"
+        and state.last_click_at is not None
+        and state.last_click_position != event.link_position
+        and event.occurred_at - state.last_click_at <= LINK_SWEEP_WINDOW
+    ):
+        reason = "link_sweep"
     if reason is not None and not agent.machine:
         return UserAgentInfo(agent.device, agent.client, agent.os, True, reason)
     return agent
@@ -301,6 +316,7 @@ def _apply(
             _first_human_open(state, at, agent, key, weight, tally, customer)
     elif kind == "clicked" and agent is not None:
         state.click_count += 1
+        state.last_click_at, state.last_click_position = at, event.link_position
         if agent.machine:
             tally.count(key, "machine_clicks")
         else:

@@ -199,3 +199,26 @@ def test_ip_policy_truncates_or_drops(engine: Engine) -> None:
     with engine.connect() as conn:
         ips = conn.execute(select(events.c.ip).order_by(events.c.occurred_at)).scalars().all()
     assert ips == ["81.2.3.4", "2001:db8:1234::", None]
+
+
+def test_sweeping_every_link_within_a_second_is_a_scanner(engine: Engine) -> None:
+    tenant = make_tenant(engine)
+    customer = make_customer(engine, tenant.id)
+    urls = ("https://a.example/", "https://b.example/", "https://c.example/")
+    message = make_message(engine, tenant.id, customer, sent_at=T0, links=urls)
+    ingest(engine, _event(tenant.id, message, "sent", 0))
+    ingest(engine, _event(tenant.id, message, "clicked", 30, user_agent=DESKTOP_CHROME, link_position=0))
+    ingest(
+        engine,
+        _event(tenant.id, message, "clicked", 30 + 1 / 60, user_agent=DESKTOP_CHROME, link_position=1),
+        _event(tenant.id, message, "clicked", 30 + 1 / 60, user_agent=DESKTOP_CHROME, link_position=2),
+        # The same link again a second later is a human double-click, not a sweep.
+        _event(tenant.id, message, "clicked", 30 + 2 / 60, user_agent=DESKTOP_CHROME, link_position=2),
+    )
+    with engine.connect() as conn:
+        flagged = conn.execute(
+            select(events.c.link_position, events.c.machine_reason)
+            .where(events.c.type == "clicked")
+            .order_by(events.c.id)
+        ).all()
+    assert [tuple(row) for row in flagged] == [(0, None), (1, "link_sweep"), (2, "link_sweep"), (2, None)]

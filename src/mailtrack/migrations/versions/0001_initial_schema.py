@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 06:42:28.137508
+Create Date: 2026-11-27
 """
 
 from __future__ import annotations
@@ -250,6 +250,8 @@ def upgrade() -> None:
         sa.Column("complained_at", mailtrack.db.UTCDateTime(), nullable=True),
         sa.Column("open_count", sa.Integer(), server_default="0", nullable=False),
         sa.Column("click_count", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("last_click_at", mailtrack.db.UTCDateTime(), nullable=True),
+        sa.Column("last_click_position", sa.SmallInteger(), nullable=True),
         sa.ForeignKeyConstraint(
             ["campaign_id"],
             ["campaigns.id"],
