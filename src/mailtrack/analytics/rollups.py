@@ -10,7 +10,13 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, Executable, Table
 from sqlalchemy.dialects import postgresql, sqlite
 
-from mailtrack.analytics.tables import rollup_links, rollup_messages, rollup_open_delays, rollup_opens
+from mailtrack.analytics.tables import (
+    customer_open_hours,
+    rollup_links,
+    rollup_messages,
+    rollup_open_delays,
+    rollup_opens,
+)
 
 # Opens later than this after sending are all counted in the last delay bucket.
 MAX_DELAY_HOURS = 24 * 14
@@ -34,6 +40,7 @@ class Tally:
         self.links: dict[tuple[CohortKey, str], list[int]] = defaultdict(lambda: [0, 0])
         self.opens: dict[tuple[CohortKey, str, str], int] = defaultdict(int)
         self.delays: dict[tuple[int, dt.datetime, int], int] = defaultdict(int)
+        self.open_hours: dict[tuple[int, int, int], int] = defaultdict(int)
 
     def count(self, key: CohortKey, counter: str, amount: int = 1) -> None:
         """Add to one of the per-cohort message counters."""
@@ -50,6 +57,10 @@ class Tally:
         self.opens[(key, device, client)] += 1
         hours = max(0, min(MAX_DELAY_HOURS, int(delay.total_seconds() // 3600)))
         self.delays[(key.tenant_id, key.hour, hours)] += 1
+
+    def open_hour(self, tenant_id: int, customer_id: int, local: dt.datetime) -> None:
+        """Count a customer's first human open of a message by local hour of the week."""
+        self.open_hours[(tenant_id, customer_id, local.weekday() * 24 + local.hour)] += 1
 
     def write(self, conn: Connection) -> None:
         """Add every tally to its rollup table (sorted keys: concurrent batches lock rows in one order)."""
@@ -80,6 +91,14 @@ class Tally:
             [
                 {"tenant_id": tenant_id, "hour": hour, "delay_hours": delay, "opened": opened}
                 for (tenant_id, hour, delay), opened in sorted(self.delays.items())
+            ],
+        )
+        _upsert(
+            conn,
+            customer_open_hours,
+            [
+                {"tenant_id": tenant_id, "customer_id": customer_id, "weekday_hour": slot, "opens": opens}
+                for (tenant_id, customer_id, slot), opens in sorted(self.open_hours.items())
             ],
         )
 

@@ -79,3 +79,15 @@ rollup_open_delays = Table(
     Column("opened", Integer, nullable=False, server_default="0"),
     PrimaryKeyConstraint("tenant_id", "hour", "delay_hours"),
 )
+
+customer_open_hours = Table(
+    "customer_open_hours",
+    metadata,
+    Column("tenant_id", BigId, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("customer_id", BigId, ForeignKey("customers.id", ondelete="CASCADE"), nullable=False),
+    # Hour of the week in the salon's timezone when the customer first opened a message:
+    # 0 = Monday 00:00–00:59 … 167 = Sunday 23:00–23:59. Per-customer best hours come from here.
+    Column("weekday_hour", SmallInteger, nullable=False),
+    Column("opens", Integer, nullable=False, server_default="0"),
+    PrimaryKeyConstraint("tenant_id", "customer_id", "weekday_hour"),
+)

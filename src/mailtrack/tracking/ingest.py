@@ -10,9 +10,11 @@ each message's state (first human open, first click, bounce…) under a row lock
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Executable, bindparam, case, or_, select, update
@@ -21,7 +23,7 @@ from mailtrack.analytics import rollups
 from mailtrack.db import bulk_insert
 from mailtrack.messages.queries import LinkKey, LinkState, add_link_clicks, link_states
 from mailtrack.messages.tables import customers, messages
-from mailtrack.tenants.tables import tenant_settings
+from mailtrack.tenants.tables import tenant_settings, tenants
 from mailtrack.tracking.ipaddr import anonymize_ip
 from mailtrack.tracking.tables import EVENT_TYPES, events
 from mailtrack.tracking.useragent import UserAgentInfo, classify_user_agent, is_apple_proxy_ip
@@ -67,6 +69,11 @@ class IngestResult:
     not_tracked: int = 0  # opens and clicks refused: untracked message or do-not-track customer
 
 
+@lru_cache(maxsize=64)
+def _zone(name: str) -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(name)
+
+
 def message_weight(sent: dt.datetime) -> float:
     """A message's recency weight in the engagement sums (ratios of sums are independent of now)."""
     days = (sent - WEIGHT_EPOCH).total_seconds() / 86400.0
@@ -97,6 +104,7 @@ class _MessageState:
     last_click_at: dt.datetime | None
     last_click_position: int | None
     do_not_track: bool
+    timezone: str
     ip_anonymize_days: int  # the salon's IP policy, read with the state to save a query per batch
     changed: bool = False
 
@@ -360,6 +368,7 @@ def _first_human_open(
     state.opened_at = at
     tally.count(key, "opened")
     tally.open(key, agent.device, agent.client, at - (state.sent_at or state.cohort_at))
+    tally.open_hour(state.tenant_id, state.customer_id, at.astimezone(_zone(state.timezone)))
     customer.bump("messages_opened")
     customer.bump("w_opened", weight)
 
@@ -447,8 +456,9 @@ _SUPPRESS_CUSTOMER = (
     )
 )
 _LOCK_MESSAGE_STATES = (
-    select(*_STATE_COLUMNS, customers.c.do_not_track, tenant_settings.c.ip_anonymize_days)
+    select(*_STATE_COLUMNS, customers.c.do_not_track, tenants.c.timezone, tenant_settings.c.ip_anonymize_days)
     .join(customers, customers.c.id == messages.c.customer_id)
+    .join(tenants, tenants.c.id == messages.c.tenant_id)
     .join(tenant_settings, tenant_settings.c.tenant_id == messages.c.tenant_id)
     .where(messages.c.id.in_(bindparam("ids", expanding=True)))
     .order_by(messages.c.id)

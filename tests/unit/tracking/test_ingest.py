@@ -7,7 +7,13 @@ import datetime as dt
 from sqlalchemy import Engine, func, select
 from tests.factories import ingest, make_customer, make_message, make_tenant
 
-from mailtrack.analytics.tables import rollup_links, rollup_messages, rollup_open_delays, rollup_opens
+from mailtrack.analytics.tables import (
+    customer_open_hours,
+    rollup_links,
+    rollup_messages,
+    rollup_open_delays,
+    rollup_opens,
+)
 from mailtrack.messages.tables import customers, messages
 from mailtrack.tracking.ingest import EventIn, message_weight
 from mailtrack.tracking.tables import events
@@ -73,6 +79,9 @@ def test_first_human_open_counts_once_and_machine_opens_apart(engine: Engine) ->
     assert sorted(flagged) == [(False, None), (False, None), (True, "apple_privacy_proxy")]
     assert delays == [(1, 1)]
     assert opens == [("mobile", "apple_mail", 1)]
+    with engine.connect() as conn:
+        slots = conn.execute(select(customer_open_hours.c.weekday_hour, customer_open_hours.c.opens)).all()
+    assert [tuple(row) for row in slots] == [(19, 1)], "Monday 17:30 UTC is 19:30 in Budapest (CEST)"
 
 
 def test_click_implies_open_and_unique_clicks_per_link(engine: Engine) -> None:

@@ -225,6 +225,28 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("tenant_id", name=op.f("pk_tenant_settings")),
     )
     op.create_table(
+        "customer_open_hours",
+        sa.Column("tenant_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("customer_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("weekday_hour", sa.SmallInteger(), nullable=False),
+        sa.Column("opens", sa.Integer(), server_default="0", nullable=False),
+        sa.ForeignKeyConstraint(
+            ["customer_id"],
+            ["customers.id"],
+            name=op.f("fk_customer_open_hours_customer_id_customers"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_customer_open_hours_tenant_id_tenants"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint(
+            "tenant_id", "customer_id", "weekday_hour", name=op.f("pk_customer_open_hours")
+        ),
+    )
+    op.create_table(
         "messages",
         sa.Column(
             "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
@@ -403,6 +425,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_messages_tenant_id_cohort_at"))
 
     op.drop_table("messages")
+    op.drop_table("customer_open_hours")
     op.drop_table("tenant_settings")
     op.drop_table("rollup_opens")
     op.drop_table("rollup_open_delays")
