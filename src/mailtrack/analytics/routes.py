@@ -1,0 +1,431 @@
+"""HTTP: the analytics JSON API — stats, the event log, customers by score and score explanations."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import importlib
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query, status
+from pydantic import BaseModel, Field
+from sqlalchemy import Connection
+
+from mailtrack.analytics import metrics, queries
+from mailtrack.db import utcnow
+from mailtrack.messages.queries import CHANNELS, SOURCES
+from mailtrack.tenants.auth import ApiTenant, EngineDep
+from mailtrack.tenants.queries import get_tenant
+from mailtrack.tracking.tables import EVENT_TYPES
+
+router = APIRouter(prefix="/api/v1", tags=["analytics"])
+log = logging.getLogger(__name__)
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or invalid API key"},
+    422: {"description": "invalid parameter (the detail says which and why)"},
+}
+
+
+class CardsOut(BaseModel):
+    """Headline figures of a cohort; rates are fractions 0–1 (in `change`: differences of fractions)."""
+
+    sent: int
+    delivered: int
+    open_rate: float
+    click_rate: float
+    bounce_rate: float
+    click_to_open_rate: float
+    machine_open_share: float
+
+
+class PeriodOut(BaseModel):
+    """Local calendar days, both inclusive, in the salon's timezone."""
+
+    from_: dt.date = Field(serialization_alias="from")
+    to: dt.date
+    days: int
+    timezone: str
+
+
+class BucketOut(BaseModel):
+    """Scored customers whose score falls in `range`; percent is 0–100 of all scored customers."""
+
+    range: str
+    customers: int
+    percent: float
+
+
+class EngagedOut(BaseModel):
+    """A customer by the platform's own id."""
+
+    customer_id: str
+    name: str
+    score: int
+
+
+class LinkOut(BaseModel):
+    """A link's human clicks; unique_clicks counts messages with a human click on it."""
+
+    url: str
+    clicks: int
+    unique_clicks: int
+
+
+class CustomerRef(BaseModel):
+    """A customer as the platform knows them."""
+
+    id: str
+    name: str
+    email: str
+
+
+class EventOut(BaseModel):
+    """One event, with the customer, message, campaign and (for clicks) link it concerns."""
+
+    type: str
+    occurred_at: dt.datetime
+    customer: CustomerRef
+    message_id: str
+    channel: str
+    campaign: str | None
+    url: str | None
+    device: str | None
+    client: str | None
+    os: str | None
+    machine: bool
+    machine_reason: str | None
+    bounce: str | None
+    status: str | None
+    diagnostic: str | None
+    ip: str | None
+    referer: str | None
+    user_agent: str | None
+
+
+class StatsOut(BaseModel):
+    """Every dashboard figure for a period (see docs/metrics.md for each definition)."""
+
+    period: PeriodOut
+    previous_period: PeriodOut
+    cards: CardsOut
+    previous: CardsOut
+    change: CardsOut
+    counts: dict[str, float] = Field(description="The rollup sums the cards are computed from.")
+    engagement_buckets: list[BucketOut]
+    top_engaged: list[EngagedOut]
+    best_send_time: dict[str, Any] | None
+    top_links: list[LinkOut]
+    devices: dict[str, float]
+    clients: dict[str, float]
+    recent_events: list[EventOut]
+
+
+class EventsPage(BaseModel):
+    """A page of events, newest first; pass `next` as `cursor` for the following page."""
+
+    events: list[EventOut]
+    next: str | None
+
+
+class ScoredCustomerOut(BaseModel):
+    """A scored customer; last_engagement is their latest human open or click."""
+
+    customer_id: str
+    name: str
+    email: str
+    score: int
+    last_engagement: dt.datetime | None
+
+
+class CustomersPage(BaseModel):
+    """A page of customers, best score first; pass `next` as `cursor` for the following page."""
+
+    customers: list[ScoredCustomerOut]
+    next: str | None
+
+
+class ScoreInputsOut(BaseModel):
+    """The stored aggregates the score is computed from."""
+
+    tracked_sent: int
+    tracked_bounced: int
+    tracked_delivered: int
+    messages_opened: int
+    messages_clicked: int
+    weighted_open_share: float | None
+    weighted_click_share: float | None
+    do_not_track: bool
+    last_sent_at: dt.datetime | None
+    last_open_at: dt.datetime | None
+    last_click_at: dt.datetime | None
+    unsubscribed_at: dt.datetime | None
+    complained_at: dt.datetime | None
+    hard_bounced_at: dt.datetime | None
+
+
+class ScoreExplanationOut(BaseModel):
+    """A customer's engagement score with its inputs, the formula and the reasoning in plain words."""
+
+    customer: CustomerRef
+    score: int | None = Field(description="null: the customer has no score (explanation says why).")
+    bucket: str | None
+    formula: str
+    explanation: str
+    inputs: ScoreInputsOut
+
+
+# --- parameters -------------------------------------------------------------------------------------
+
+
+def _unprocessable(message: str) -> HTTPException:
+    log.info("analytics API: refused a request: %s", message)
+    return HTTPException(422, message)  # (the constant's name differs across Starlette versions)
+
+
+def _choice(name: str, value: str | None, allowed: Sequence[str]) -> str | None:
+    # An empty value means "no filter": HTML forms send `channel=` for "any".
+    if value is None or not value.strip():
+        return None
+    if value.strip() not in allowed:
+        raise _unprocessable(f"`{name}` must be one of {', '.join(allowed)}; got {value!r}")
+    return value.strip()
+
+
+def _encode_cursor(*parts: int) -> str:
+    return base64.urlsafe_b64encode(".".join(map(str, parts)).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, size: int) -> list[int]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        parts = [int(part) for part in text.split(".")]
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        parts = []
+    if len(parts) != size:
+        raise _unprocessable("`cursor` is not a cursor this API returned; pass `next` from the previous page")
+    return parts
+
+
+def _micros(moment: dt.datetime) -> int:
+    return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+
+
+def _from_micros(value: int) -> dt.datetime:
+    try:
+        return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=value)
+    except OverflowError:
+        raise _unprocessable("`cursor` is not a cursor this API returned") from None
+
+
+def _timezone(conn: Connection, tenant_id: int) -> str:
+    tenant = get_tenant(conn, tenant_id=tenant_id)
+    if tenant is None:  # the key authenticated a moment ago; the salon was deleted since
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "salon not found")
+    return tenant.timezone
+
+
+# --- stats ------------------------------------------------------------------------------------------
+
+
+def _best_send_time(conn: Connection, *, tenant_id: int, timezone: str) -> dict[str, Any] | None:
+    # The send-time model is built separately; until its module exists the field is null, never invented.
+    try:
+        module = importlib.import_module("mailtrack.analytics.sendtime")
+    except ModuleNotFoundError as exc:
+        if exc.name != "mailtrack.analytics.sendtime":
+            raise
+        return None
+    result: dict[str, Any] | None = module.best_send_time(conn, tenant_id=tenant_id, timezone=timezone)
+    return result
+
+
+def _period_out(period: metrics.Period, timezone: str) -> PeriodOut:
+    return PeriodOut(from_=period.first, to=period.last, days=period.days, timezone=timezone)
+
+
+def _event_out(record: queries.EventRecord) -> EventOut:
+    values = {name: getattr(record, name) for name in EventOut.model_fields if name != "customer"}
+    customer = CustomerRef(id=record.customer_id, name=record.customer_name, email=record.customer_email)
+    return EventOut(customer=customer, **values)
+
+
+def _breakdowns(opens: dict[tuple[str, str], int]) -> tuple[dict[str, float], dict[str, float]]:
+    devices: dict[str, int] = defaultdict(int)
+    clients: dict[str, int] = defaultdict(int)
+    for (device, client), opened in opens.items():
+        devices[device] += opened
+        clients[client] += opened
+    return metrics.fractions(devices), metrics.fractions(clients)
+
+
+@router.get("/stats", responses=_ERRORS)
+def get_stats(
+    tenant_id: ApiTenant,
+    engine: EngineDep,
+    first: Annotated[str | None, Query(alias="from", description="First local day, YYYY-MM-DD.")] = None,
+    last: Annotated[str | None, Query(alias="to", description="Last local day (inclusive).")] = None,
+    source: Annotated[str | None, Query(description="campaign, automation or system.")] = None,
+    campaign: Annotated[str | None, Query(max_length=300, description="A campaign name.")] = None,
+    channel: Annotated[str | None, Query(description="marketing, transactional or system.")] = None,
+) -> StatsOut:
+    """Every dashboard figure for the cohort of messages sent in a period (default: the last 30 days)."""
+    now = utcnow()
+    source_filter = _choice("source", source, SOURCES)
+    channel_filter = _choice("channel", channel, CHANNELS)
+    with engine.connect() as conn:
+        timezone = _timezone(conn, tenant_id)
+        try:
+            period = metrics.parse_period(first, last, today=metrics.local_today(timezone, now))
+        except metrics.PeriodError as exc:
+            raise _unprocessable(str(exc)) from None
+        campaign_id = None
+        if campaign is not None and campaign.strip():
+            found = queries.campaign_id_by_name(conn, tenant_id=tenant_id, name=campaign.strip())
+            campaign_id = queries.NO_CAMPAIGN_MATCH if found is None else found
+
+        def cohort(of: metrics.Period) -> queries.CohortFilter:
+            start, end = of.utc_bounds(timezone)
+            return queries.CohortFilter(tenant_id, start, end, channel_filter, source_filter, campaign_id)
+
+        current = cohort(period)
+        totals = queries.message_totals(conn, cohort=current)
+        before = queries.message_totals(conn, cohort=cohort(period.previous()))
+        cards, previous = metrics.compute_cards(totals), metrics.compute_cards(before)
+        devices, clients = _breakdowns(queries.first_open_breakdown(conn, cohort=current))
+        buckets = queries.score_bucket_counts(conn, tenant_id=tenant_id, now=now)
+        engaged = queries.top_engaged(conn, tenant_id=tenant_id, now=now)
+        links = queries.top_links(conn, cohort=current)
+        recent = queries.list_events(conn, tenant_id=tenant_id, limit=10)
+        best = _best_send_time(conn, tenant_id=tenant_id, timezone=timezone)
+    counts = totals.counts()
+    counts["tracked_delivered"] = metrics.tracked_delivered(totals)
+    return StatsOut(
+        period=_period_out(period, timezone),
+        previous_period=_period_out(period.previous(), timezone),
+        cards=CardsOut.model_validate(cards, from_attributes=True),
+        previous=CardsOut.model_validate(previous, from_attributes=True),
+        change=CardsOut.model_validate(metrics.card_changes(cards, previous), from_attributes=True),
+        counts=counts,
+        engagement_buckets=[BucketOut.model_validate(b) for b in metrics.engagement_buckets(buckets)],
+        top_engaged=[EngagedOut(customer_id=c.external_id, name=c.name, score=c.score) for c in engaged],
+        best_send_time=best,
+        top_links=[LinkOut(url=k.url, clicks=k.clicks, unique_clicks=k.unique_clicks) for k in links],
+        devices=devices,
+        clients=clients,
+        recent_events=[_event_out(record) for record in recent],
+    )
+
+
+# --- events -----------------------------------------------------------------------------------------
+
+
+@router.get("/events", responses=_ERRORS)
+def get_events(
+    tenant_id: ApiTenant,
+    engine: EngineDep,
+    q: Annotated[str | None, Query(max_length=200, description="Part of a customer's name or email.")] = None,
+    event_type: Annotated[str | None, Query(alias="type", description="Only events of this type.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200, description="`next` of the previous page.")] = None,
+) -> EventsPage:
+    """The salon's events, newest first; `q` matches name or email ignoring case and accents."""
+    wanted_type = _choice("type", event_type, EVENT_TYPES)
+    before = None
+    if cursor:
+        micros, event_id = _decode_cursor(cursor, 2)
+        before = (_from_micros(micros), event_id)
+    with engine.connect() as conn:
+        records = queries.list_events(
+            conn, tenant_id=tenant_id, query=q, event_type=wanted_type, before=before, limit=limit + 1
+        )
+    page = records[:limit]
+    following = _encode_cursor(_micros(page[-1].occurred_at), page[-1].id) if len(records) > limit else None
+    return EventsPage(events=[_event_out(record) for record in page], next=following)
+
+
+# --- customers --------------------------------------------------------------------------------------
+
+
+@router.get("/customers", responses=_ERRORS)
+def get_customers(
+    tenant_id: ApiTenant,
+    engine: EngineDep,
+    min_score: Annotated[int, Query(ge=0, le=100)] = 0,
+    max_score: Annotated[int, Query(ge=0, le=100)] = 100,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(max_length=200, description="`next` of the previous page.")] = None,
+) -> CustomersPage:
+    """Scored customers with min_score ≤ score ≤ max_score (VIP and win-back segments), best first."""
+    if min_score > max_score:
+        raise _unprocessable(f"`min_score` ({min_score}) is above `max_score` ({max_score})")
+    after = None
+    if cursor:
+        score, customer_id = _decode_cursor(cursor, 2)
+        after = (score, customer_id)
+    with engine.connect() as conn:
+        found = queries.customers_by_score(
+            conn,
+            tenant_id=tenant_id,
+            now=utcnow(),
+            min_score=min_score,
+            max_score=max_score,
+            after=after,
+            limit=limit + 1,
+        )
+    page = found[:limit]
+    following = _encode_cursor(page[-1].score, page[-1].id) if len(found) > limit else None
+    return CustomersPage(
+        customers=[
+            ScoredCustomerOut(
+                customer_id=c.external_id,
+                name=c.name,
+                email=c.email,
+                score=c.score,
+                last_engagement=c.last_engagement,
+            )
+            for c in page
+        ],
+        next=following,
+    )
+
+
+@router.get("/customers/{customer_id}/score", responses={**_ERRORS, 404: {"description": "no such customer"}})
+def get_customer_score(
+    tenant_id: ApiTenant,
+    engine: EngineDep,
+    customer_id: Annotated[str, Path(max_length=200, description="The platform's customer id.")],
+) -> ScoreExplanationOut:
+    """Explain a customer's engagement score: its inputs, the formula, and the result in plain words."""
+    with engine.connect() as conn:
+        record = queries.customer_record(conn, tenant_id=tenant_id, external_id=customer_id)
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no customer {customer_id!r} in this salon")
+    inputs = record.inputs
+    verdict = metrics.judge_score(inputs, now=utcnow())
+    return ScoreExplanationOut(
+        customer=CustomerRef(id=record.external_id, name=inputs.name, email=record.email),
+        score=verdict.score,
+        bucket=None if verdict.score is None else metrics.bucket_label(metrics.bucket_index(verdict.score)),
+        formula=metrics.SCORE_FORMULA,
+        explanation=verdict.explanation,
+        inputs=ScoreInputsOut(
+            tracked_sent=inputs.tracked_sent,
+            tracked_bounced=inputs.tracked_bounced,
+            tracked_delivered=inputs.tracked_delivered,
+            messages_opened=inputs.messages_opened,
+            messages_clicked=inputs.messages_clicked,
+            weighted_open_share=inputs.open_share,
+            weighted_click_share=inputs.click_share,
+            do_not_track=inputs.do_not_track,
+            last_sent_at=inputs.last_sent_at,
+            last_open_at=record.last_open_at,
+            last_click_at=record.last_click_at,
+            unsubscribed_at=inputs.unsubscribed_at,
+            complained_at=inputs.complained_at,
+            hard_bounced_at=inputs.hard_bounced_at,
+        ),
+    )
