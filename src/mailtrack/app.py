@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 
 from mailtrack import __version__
+from mailtrack.analytics import routes as analytics_routes
 from mailtrack.config import Settings, get_settings
 from mailtrack.db import make_engine
 from mailtrack.messages import routes as message_routes
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(tracking_routes.router)
     app.include_router(message_routes.router)
     app.include_router(import_routes.router)
+    app.include_router(analytics_routes.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

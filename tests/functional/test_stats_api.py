@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
-import socket
-import threading
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import Engine, select
 from tests.factories import ingest, make_api_key, make_customer, make_message, make_tenant
 from tests.functional.conftest import LiveServer
 
 from mailtrack.analytics import metrics
-from mailtrack.analytics import routes as analytics_routes
-from mailtrack.app import create_app
-from mailtrack.config import Settings
 from mailtrack.db import utcnow
 from mailtrack.messages.tables import customers
 from mailtrack.tracking.ingest import EventIn
@@ -41,32 +33,10 @@ CARDS = {
 SENDTIME_BUILT = importlib.util.find_spec("mailtrack.analytics.sendtime") is not None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
-def server(settings: Settings, engine: Engine) -> Iterator[LiveServer]:
-    """The app with the analytics router on 127.0.0.1 (app.py may not include it yet)."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    app = create_app(settings.model_copy(update={"base_url": url}), engine=engine)
-    if not any(getattr(route, "path", "") == "/api/v1/stats" for route in app.routes):
-        app.include_router(analytics_routes.router)
-    runner = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=runner.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not runner.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
-    yield LiveServer(url, engine, settings)
-    runner.should_exit = True
-    thread.join(timeout=10)
+def server(live_server: LiveServer) -> LiveServer:
+    """The live server (its app includes the analytics API)."""
+    return live_server
 
 
 def _client(server: LiveServer, tenant_id: int) -> httpx.Client:

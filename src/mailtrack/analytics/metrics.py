@@ -97,12 +97,14 @@ def parse_period(first: str | None, last: str | None, *, today: dt.date) -> Peri
 
 @dataclass(frozen=True, slots=True)
 class MessageTotals:
-    """Sums of rollup_messages over a cohort, plus the tracked share of delivered and bounced."""
+    """Sums of rollup_messages over a cohort."""
 
     sent: int = 0
     tracked: int = 0
     delivered: int = 0
+    tracked_delivered: int = 0
     bounced: int = 0
+    tracked_bounced: int = 0
     hard_bounced: int = 0
     soft_bounced: int = 0
     opened: int = 0
@@ -114,10 +116,6 @@ class MessageTotals:
     machine_opens: int = 0
     clicks: int = 0
     machine_clicks: int = 0
-    # Per rollup row, delivered (bounced) × tracked / sent: exact for rows whose messages are all tracked
-    # or all untracked; a proportional estimate for the rare mixed row (a do-not-track customer's mail).
-    tracked_delivered_reported: float = 0.0
-    tracked_bounced: float = 0.0
 
     def counts(self) -> dict[str, float]:
         """Every counter, by name."""
@@ -156,11 +154,11 @@ def delivered_count(totals: MessageTotals) -> int:
     return max(0, totals.sent - totals.bounced)
 
 
-def tracked_delivered(totals: MessageTotals) -> float:
+def tracked_delivered(totals: MessageTotals) -> int:
     """Delivered tracked messages: the denominator of open and click rates."""
     if reports_deliveries(totals):
-        return totals.tracked_delivered_reported
-    return max(0.0, totals.tracked - totals.tracked_bounced)
+        return totals.tracked_delivered
+    return max(0, totals.tracked - totals.tracked_bounced)
 
 
 def compute_cards(totals: MessageTotals) -> Cards:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
-    Column,
     ColumnElement,
     Connection,
     Float,
@@ -20,7 +19,6 @@ from sqlalchemy import (
     Table,
     and_,
     case,
-    cast,
     false,
     func,
     literal,
@@ -75,32 +73,14 @@ def campaign_id_by_name(conn: Connection, *, tenant_id: int, name: str) -> int |
     return None if found is None else int(found)
 
 
-def _tracked_part(counter: Column[Any]) -> ColumnElement[float]:
-    # Rollup rows do not split delivered/bounced by tracked flag. A row is either all tracked, all
-    # untracked, or (rarely: do-not-track customers, a setting changed within the hour) mixed; only the
-    # mixed case needs the proportional estimate.
-    row = rollup_messages.c
-    return case(
-        (row.tracked == 0, literal(0.0, Float)),
-        (row.tracked == row.sent, cast(counter, Float)),
-        else_=cast(counter, Float) * row.tracked / row.sent,
-    )
-
-
 def message_totals(conn: Connection, *, cohort: CohortFilter) -> metrics.MessageTotals:
     """Every rollup_messages counter summed over the cohort."""
     row = rollup_messages.c
     query = select(
         *(func.coalesce(func.sum(row[name]), 0).label(name) for name in MESSAGE_COUNTERS),
-        func.coalesce(func.sum(_tracked_part(row.delivered)), 0.0).label("tracked_delivered_reported"),
-        func.coalesce(func.sum(_tracked_part(row.bounced)), 0.0).label("tracked_bounced"),
     ).where(*_cohort_where(rollup_messages, cohort))
     values = conn.execute(query).one()._asdict()
-    return metrics.MessageTotals(
-        **{name: int(values[name]) for name in MESSAGE_COUNTERS},
-        tracked_delivered_reported=float(values["tracked_delivered_reported"]),
-        tracked_bounced=float(values["tracked_bounced"]),
-    )
+    return metrics.MessageTotals(**{name: int(values[name]) for name in MESSAGE_COUNTERS})
 
 
 @dataclass(frozen=True, slots=True)

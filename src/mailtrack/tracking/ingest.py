@@ -310,6 +310,8 @@ def _apply(
     elif kind == "delivered" and state.delivered_at is None:
         state.delivered_at = at
         tally.count(key, "delivered")
+        if state.tracked:
+            tally.count(key, "tracked_delivered")
     elif kind == "bounced":
         _apply_bounce(event, state, key, weight, tally, customer)
     elif kind == "opened" and agent is not None:
@@ -388,6 +390,7 @@ def _apply_bounce(
         tally.count(key, "bounced")
         tally.count(key, "hard_bounced" if hard else "soft_bounced")
         if state.tracked:
+            tally.count(key, "tracked_bounced")
             customer.bump("tracked_bounced")
             customer.bump("w_bounced", weight)
     elif hard and state.bounce_kind == "soft":

@@ -89,7 +89,7 @@ def test_a_midnight_inside_a_dst_gap_starts_the_day_at_its_first_instant() -> No
 
 def test_cards_use_tracked_delivered_mail_for_open_and_click_rates() -> None:
     totals = MessageTotals(
-        sent=8, tracked=6, bounced=2, opened=3, machine_opened=2, clicked=1, tracked_bounced=2.0
+        sent=8, tracked=6, bounced=2, opened=3, machine_opened=2, clicked=1, tracked_bounced=2
     )
     assert metrics.compute_cards(totals) == Cards(
         sent=8,
@@ -109,12 +109,12 @@ def test_reported_deliveries_replace_sent_minus_bounced() -> None:
         delivered=7,
         bounced=1,
         opened=2,
-        tracked_delivered_reported=7.0,
+        tracked_delivered=7,
         tracked_bounced=1,
     )
     cards = metrics.compute_cards(totals)
     assert (cards.delivered, cards.open_rate, cards.bounce_rate) == (7, 2 / 7, 0.1)
-    assert metrics.tracked_delivered(totals) == 7.0
+    assert metrics.tracked_delivered(totals) == 7
 
 
 def test_empty_cohorts_and_inconsistent_counts_stay_within_0_and_1() -> None:

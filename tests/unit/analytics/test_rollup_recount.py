@@ -120,7 +120,9 @@ def _recount(conn: Connection, tenant_id: int, cohort: queries.CohortFilter, cam
             "sent": count("sent") > 0,
             "tracked": count("sent") > 0 and message.tracked,
             "delivered": count("delivered") > 0,
+            "tracked_delivered": count("delivered") > 0 and message.tracked,
             "bounced": count("bounced") > 0,
+            "tracked_bounced": count("bounced") > 0 and message.tracked,
             "hard_bounced": hard,
             "soft_bounced": count("bounced") > 0 and not hard,
             "opened": bool(human),
@@ -149,14 +151,11 @@ def _cards_by_definition(per_key: dict[tuple[Any, ...], Counter[str]]) -> dict[s
     """docs/metrics.md, written again from scratch."""
     total: Counter[str] = sum(per_key.values(), Counter())
 
-    def tracked_part(name: str) -> float:
-        return sum(c[name] * c["tracked"] / c["sent"] for c in per_key.values() if c["tracked"])
-
     def rate(numerator: float, denominator: float) -> float:
         return 0.0 if denominator <= 0 else min(1.0, max(0.0, numerator / denominator))
 
     reported = total["delivered"] > 0
-    base = tracked_part("delivered") if reported else total["tracked"] - tracked_part("bounced")
+    base = total["tracked_delivered"] if reported else total["tracked"] - total["tracked_bounced"]
     return {
         "sent": total["sent"],
         "delivered": total["delivered"] if reported else max(0, total["sent"] - total["bounced"]),
