@@ -100,6 +100,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_customers")),
         sa.UniqueConstraint("tenant_id", "external_id", name=op.f("uq_customers_tenant_id_external_id")),
     )
+    with op.batch_alter_table("customers", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_customers_tenant_id_last_sent_at"), ["tenant_id", "last_sent_at"], unique=False
+        )
+
     op.create_table(
         "managers",
         sa.Column(
@@ -437,6 +442,9 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_managers_tenant_id"))
 
     op.drop_table("managers")
+    with op.batch_alter_table("customers", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_customers_tenant_id_last_sent_at"))
+
     op.drop_table("customers")
     op.drop_table("campaigns")
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
