@@ -1,0 +1,1 @@
+"""Delivery feedback: SMTP sending, DSN/ARF parsing, VERP, provider webhooks, suppression."""
