@@ -16,6 +16,7 @@ from mailtrack import __version__
 from mailtrack.analytics import routes as analytics_routes
 from mailtrack.config import Settings, get_settings
 from mailtrack.db import make_engine
+from mailtrack.delivery import routes as delivery_routes
 from mailtrack.messages import routes as message_routes
 from mailtrack.messages.tokens import TokenCodec
 from mailtrack.tracking import import_routes
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(message_routes.router)
     app.include_router(import_routes.router)
     app.include_router(analytics_routes.router)
+    app.include_router(delivery_routes.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

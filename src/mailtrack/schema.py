@@ -2,8 +2,16 @@
 
 from mailtrack.analytics import tables as analytics_tables
 from mailtrack.db import metadata
+from mailtrack.delivery import tables as delivery_tables
 from mailtrack.messages import tables as messages_tables
 from mailtrack.tenants import tables as tenants_tables
 from mailtrack.tracking import tables as tracking_tables
 
-__all__ = ["analytics_tables", "messages_tables", "metadata", "tenants_tables", "tracking_tables"]
+__all__ = [
+    "analytics_tables",
+    "delivery_tables",
+    "messages_tables",
+    "metadata",
+    "tenants_tables",
+    "tracking_tables",
+]

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 from tests.conftest import TEST_SECRET
 
+from mailtrack.migrations import alembic_config
 from mailtrack.tenants.queries import authenticate_manager, tenant_for_api_key
 
 MAILTRACK = [sys.executable, "-m", "mailtrack.cli"]
@@ -124,4 +126,4 @@ def test_db_upgrade_is_idempotent(database_url: str, engine: Engine) -> None:
     assert run(database_url, "db", "upgrade").returncode == 0
     with engine.connect() as conn:
         version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one()
-    assert version == "0001"
+    assert version == ScriptDirectory.from_config(alembic_config(engine)).get_current_head()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mailtrack.cli import admin, data, server, ua
+from mailtrack.cli import admin, data, inbound, server, ua
 
 app = typer.Typer(
     name="mailtrack",
@@ -22,3 +22,4 @@ app.command("demo")(server.demo)
 app.command("seed")(data.seed)
 app.command("import")(data.import_file)
 app.command("ua")(ua.ua_command)
+app.command("inbound")(inbound.inbound_command)

@@ -98,6 +98,8 @@ messages = Table(
     UniqueConstraint("tenant_id", "external_id"),
     Index(None, "tenant_id", "customer_id", "cohort_at"),
     Index(None, "tenant_id", "cohort_at"),
+    # Bounces quote the Message-ID and arrive before their salon is known (SMTP, `mailtrack inbound`).
+    Index(None, "smtp_message_id"),
 )
 
 links = Table(
