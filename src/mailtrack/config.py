@@ -54,6 +54,37 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO", description="Python logging level name.")
 
+    # Sending (`"send": true`) through an SMTP relay.
+    smtp_host: str | None = Field(
+        default=None, description="SMTP relay host; unset = Mailtrack sends nothing."
+    )
+    smtp_port: int = Field(default=587, ge=1, le=65535, description="SMTP relay port.")
+    smtp_security: str = Field(
+        default="starttls", pattern="^(starttls|tls|none)$", description="starttls, tls (implicit) or none."
+    )
+    smtp_username: str | None = Field(default=None, description="SMTP AUTH user (with smtp_password).")
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP AUTH password.")
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0, description="Per-command SMTP timeout.")
+    mail_from: str = Field(default="noreply@localhost", description="Default From address of sent mail.")
+    bounce_domain: str | None = Field(
+        default=None, description="Domain of VERP envelope senders (bounces+<token>@domain); unset = From's."
+    )
+    smtp_max_attempts: int = Field(default=8, ge=1, le=50, description="Tries before a 4xx becomes a bounce.")
+
+    # Inbound bounce and complaint mail.
+    inbound_smtp_host: str = Field(default="127.0.0.1", description="Address of the inbound SMTP listener.")
+    inbound_smtp_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Port of the inbound SMTP listener; unset = not started."
+    )
+
+    # Provider webhooks (`POST /api/v1/webhooks/<provider>`); a provider whose secret is unset answers 404.
+    ses_topic_arns: list[str] = Field(default_factory=list, description="Allowed SNS TopicArns (JSON list).")
+    sendgrid_public_key: str | None = Field(default=None, description="SendGrid signed-webhook public key.")
+    mailgun_signing_key: SecretStr | None = Field(default=None, description="Mailgun webhook signing key.")
+    postmark_webhook_user: str | None = Field(default=None, description="Postmark webhook basic-auth user.")
+    postmark_webhook_password: SecretStr | None = Field(default=None, description="…and its password.")
+    webhook_max_age_seconds: int = Field(default=300, ge=10, description="Older signed webhooks are refused.")
+
     @field_validator("trusted_proxies")
     @classmethod
     def _valid_networks(cls, value: list[str]) -> list[str]:
