@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 from sqlalchemy import func, select
-from tests.factories import make_api_key, make_tenant
-from tests.functional.conftest import LiveServer
 
 from mailtrack.tracking.tables import events
+from tests.factories import make_api_key, make_tenant
+from tests.functional.conftest import LiveServer
 
 LINES = [
     {

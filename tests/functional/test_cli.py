@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
-from tests.conftest import TEST_SECRET
 
 from mailtrack.migrations import alembic_config
 from mailtrack.tenants.queries import authenticate_manager, tenant_for_api_key
+from tests.conftest import TEST_SECRET
 
 MAILTRACK = [sys.executable, "-m", "mailtrack.cli"]
 

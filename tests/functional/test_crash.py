@@ -13,15 +13,15 @@ from contextlib import contextmanager
 
 import httpx
 from sqlalchemy import Engine, select
-from tests.conftest import TEST_SECRET
-from tests.factories import make_tenant
-from tests.functional.conftest import free_port
 
 from mailtrack.config import Settings
 from mailtrack.db import write_transaction
 from mailtrack.messages.routes import MessageRequest, register_message
 from mailtrack.messages.tokens import TokenCodec
 from mailtrack.tracking.tables import events
+from tests.conftest import TEST_SECRET
+from tests.factories import make_tenant
+from tests.functional.conftest import free_port
 
 
 @contextmanager

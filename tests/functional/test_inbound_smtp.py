@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, func, select
-from tests.factories import make_tenant
-from tests.unit.delivery.bounce_mail import CODEC, dsn, sent_message, verp_address
 
 from mailtrack.delivery import tables as delivery_tables
 from mailtrack.delivery.smtp_listener import start_listener
 from mailtrack.tracking.tables import events
+from tests.factories import make_tenant
+from tests.unit.delivery.bounce_mail import CODEC, dsn, sent_message, verp_address
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "bounces"
 # Every VERP address in the corpus has this shape; tests swap in one that names a real message.

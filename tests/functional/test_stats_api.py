@@ -9,14 +9,14 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import Engine, select
-from tests.factories import ingest, make_api_key, make_customer, make_message, make_tenant
-from tests.functional.conftest import LiveServer
 
 from mailtrack.analytics import metrics
 from mailtrack.db import utcnow
 from mailtrack.messages.tables import customers
 from mailtrack.tracking.ingest import EventIn
 from mailtrack.tracking.useragent import UserAgentInfo
+from tests.factories import ingest, make_api_key, make_customer, make_message, make_tenant
+from tests.functional.conftest import LiveServer
 
 IPHONE = UserAgentInfo("mobile", "apple_mail", "iOS", False, "")
 DESKTOP = UserAgentInfo("desktop", "other", "Windows", False, "")

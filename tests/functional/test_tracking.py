@@ -8,14 +8,14 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select
-from tests.factories import make_api_key, make_tenant
-from tests.functional.conftest import LiveServer
 
 from mailtrack.analytics.tables import rollup_messages
 from mailtrack.messages.tables import customers, links, messages
 from mailtrack.messages.tokens import TokenKind, TrackingToken
 from mailtrack.tracking.hits import PIXEL_GIF
 from mailtrack.tracking.tables import events
+from tests.factories import make_api_key, make_tenant
+from tests.functional.conftest import LiveServer
 
 IPHONE_MAIL = (
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) "

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
-from tests.factories import ingest, make_customer, make_tenant
 
 from mailtrack.analytics import metrics, queries
 from mailtrack.analytics.metrics import Period
@@ -23,6 +22,7 @@ from mailtrack.messages.queries import (
 from mailtrack.messages.tables import customers
 from mailtrack.tracking.ingest import EventIn
 from mailtrack.tracking.useragent import UserAgentInfo
+from tests.factories import ingest, make_customer, make_tenant
 
 T0 = dt.datetime(2026, 8, 3, 10, 0, tzinfo=dt.UTC)
 _ids = itertools.count(1)

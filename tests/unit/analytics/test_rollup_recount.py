@@ -15,7 +15,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, and_, select
-from tests.factories import ingest, make_customer, make_tenant
 
 from mailtrack.analytics import metrics, queries
 from mailtrack.analytics.metrics import Period
@@ -34,6 +33,7 @@ from mailtrack.messages.tables import campaigns, links, messages
 from mailtrack.tracking.ingest import EventIn
 from mailtrack.tracking.tables import events
 from mailtrack.tracking.useragent import UserAgentInfo
+from tests.factories import ingest, make_customer, make_tenant
 
 IPHONE = UserAgentInfo("mobile", "apple_mail", "iOS", False, "")
 DESKTOP = UserAgentInfo("desktop", "other", "Windows", False, "")

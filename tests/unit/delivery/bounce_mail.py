@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import Engine, update
-from tests.conftest import TEST_SECRET
-from tests.factories import make_customer, make_message
 
 from mailtrack.db import write_transaction
 from mailtrack.messages.tables import messages
 from mailtrack.messages.tokens import TokenCodec, TokenKind, TrackingToken
+from tests.conftest import TEST_SECRET
+from tests.factories import make_customer, make_message
 
 CODEC = TokenCodec([TEST_SECRET])
 TRACK = "https://track.mailtrack.example"

@@ -13,6 +13,16 @@ import pytest
 import typer
 from fastapi import FastAPI
 from sqlalchemy import Engine, func, select
+from typer.testing import CliRunner
+
+from mailtrack.app import create_app
+from mailtrack.cli.inbound import inbound_command
+from mailtrack.config import Settings, get_settings
+from mailtrack.delivery import routes as delivery_routes
+from mailtrack.delivery import tables as delivery_tables
+from mailtrack.delivery.inbound import InboundResult, process_inbound
+from mailtrack.messages.tables import customers, messages
+from mailtrack.tracking.tables import events
 from tests.conftest import TEST_SECRET
 from tests.factories import make_api_key, make_tenant
 from tests.unit.delivery.bounce_mail import (
@@ -26,16 +36,6 @@ from tests.unit.delivery.bounce_mail import (
     sent_message,
     verp_address,
 )
-from typer.testing import CliRunner
-
-from mailtrack.app import create_app
-from mailtrack.cli.inbound import inbound_command
-from mailtrack.config import Settings, get_settings
-from mailtrack.delivery import routes as delivery_routes
-from mailtrack.delivery import tables as delivery_tables
-from mailtrack.delivery.inbound import InboundResult, process_inbound
-from mailtrack.messages.tables import customers, messages
-from mailtrack.tracking.tables import events
 
 CORPUS = Path(__file__).resolve().parents[2] / "data" / "bounces"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
-from tests.factories import make_tenant
 
 from mailtrack.db import utcnow, write_transaction
 from mailtrack.tenants.queries import (
@@ -19,6 +18,7 @@ from mailtrack.tenants.queries import (
     update_settings,
 )
 from mailtrack.tenants.tables import api_keys, settings_audit
+from tests.factories import make_tenant
 
 
 def test_a_new_salon_has_the_privacy_defaults(engine: Engine) -> None:

@@ -6,13 +6,13 @@ import json
 
 import pytest
 from sqlalchemy import Engine, func, select
-from tests.factories import make_tenant
 
 from mailtrack.analytics.tables import rollup_messages
 from mailtrack.db import write_transaction
 from mailtrack.messages.tables import customers, messages
 from mailtrack.tracking.importer import import_lines, parse_line
 from mailtrack.tracking.tables import events
+from tests.factories import make_tenant
 
 IPHONE_MAIL = (
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import Engine, func, select
-from tests.factories import ingest, make_customer, make_message, make_tenant
 
 from mailtrack.analytics.tables import (
     customer_open_hours,
@@ -17,6 +16,7 @@ from mailtrack.analytics.tables import (
 from mailtrack.messages.tables import customers, messages
 from mailtrack.tracking.ingest import EventIn, message_weight
 from mailtrack.tracking.tables import events
+from tests.factories import ingest, make_customer, make_message, make_tenant
 
 T0 = dt.datetime(2026, 8, 3, 16, 0, 0, tzinfo=dt.UTC)
 IPHONE_MAIL = (
