@@ -7,7 +7,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, bindparam, insert, select, tuple_, update
+from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
 from mailtrack.db import utcnow
 from mailtrack.messages.tables import campaigns, customers, links, messages
@@ -206,24 +206,26 @@ LinkKey = tuple[int, int, int]
 
 def link_states(conn: Connection, *, keys: Sequence[LinkKey]) -> dict[LinkKey, LinkState]:
     """The stored links among `keys`."""
+    wanted = set(keys)
+    messages_by_tenant: dict[int, set[int]] = {}
+    for tenant_id, message_id, _ in wanted:
+        messages_by_tenant.setdefault(tenant_id, set()).add(message_id)
     result: dict[LinkKey, LinkState] = {}
-    unique = sorted(set(keys))
-    for start in range(0, len(unique), 300):
-        rows = conn.execute(
-            select(
-                links.c.tenant_id, links.c.message_id, links.c.position, links.c.url, links.c.human_clicks
-            ).where(
-                tuple_(links.c.tenant_id, links.c.message_id, links.c.position).in_(
-                    unique[start : start + 300]
-                )
+    for tenant_id, message_set in sorted(messages_by_tenant.items()):
+        message_list = sorted(message_set)
+        for start in range(0, len(message_list), 500):
+            # Tenant and message ids seek the primary key on every backend; a row-value IN list of
+            # (tenant, message, position) made SQLite scan the whole links table for every chunk.
+            chunk = message_list[start : start + 500]
+            rows = conn.execute(
+                select(
+                    links.c.tenant_id, links.c.message_id, links.c.position, links.c.url, links.c.human_clicks
+                ).where(links.c.tenant_id == tenant_id, links.c.message_id.in_(chunk))
             )
-        )
-        result.update(
-            {
-                (row.tenant_id, row.message_id, row.position): LinkState(row.url, row.human_clicks)
-                for row in rows
-            }
-        )
+            for row in rows:
+                key = (row.tenant_id, row.message_id, row.position)
+                if key in wanted:
+                    result[key] = LinkState(row.url, row.human_clicks)
     return result
 
 

@@ -1,0 +1,1 @@
+"""Synthetic salon history for `mailtrack seed` and `mailtrack demo`: customers with habits, their mail."""
