@@ -1,0 +1,1 @@
+"""The salon manager's dashboard: login, the tracking page, settings and CSV exports (server-rendered)."""
