@@ -10,11 +10,13 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine, text
 
 from mailtrack import __version__
 from mailtrack.analytics import routes as analytics_routes
 from mailtrack.config import Settings, get_settings
+from mailtrack.dashboard import routes as dashboard_routes
 from mailtrack.db import make_engine
 from mailtrack.delivery import routes as delivery_routes
 from mailtrack.messages import routes as message_routes
@@ -90,6 +92,12 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(import_routes.router)
     app.include_router(analytics_routes.router)
     app.include_router(delivery_routes.router)
+    app.include_router(dashboard_routes.router)
+    app.mount(
+        dashboard_routes.STATIC_URL,
+        StaticFiles(directory=dashboard_routes.STATIC_DIR),
+        name="dashboard-static",
+    )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -1,6 +1,7 @@
 """Every table, imported in one place so the metadata (and Alembic) sees the whole schema."""
 
 from mailtrack.analytics import tables as analytics_tables
+from mailtrack.dashboard import tables as dashboard_tables
 from mailtrack.db import metadata
 from mailtrack.delivery import tables as delivery_tables
 from mailtrack.messages import tables as messages_tables
@@ -9,6 +10,7 @@ from mailtrack.tracking import tables as tracking_tables
 
 __all__ = [
     "analytics_tables",
+    "dashboard_tables",
     "delivery_tables",
     "messages_tables",
     "metadata",
