@@ -136,11 +136,12 @@ _MUTABLE = [column.name for column in _STATE_COLUMNS[8:]]
 
 
 class _CustomerDelta:
-    __slots__ = ("counts", "latest")
+    __slots__ = ("counts", "earliest", "latest")
 
     def __init__(self) -> None:
         self.counts: dict[str, float] = defaultdict(float)
         self.latest: dict[str, dt.datetime] = {}
+        self.earliest: dict[str, dt.datetime] = {}
 
     def bump(self, name: str, amount: float = 1.0) -> None:
         self.counts[name] += amount
@@ -148,6 +149,10 @@ class _CustomerDelta:
     def seen(self, name: str, moment: dt.datetime) -> None:
         if name not in self.latest or self.latest[name] < moment:
             self.latest[name] = moment
+
+    def first(self, name: str, moment: dt.datetime) -> None:
+        if name not in self.earliest or self.earliest[name] > moment:
+            self.earliest[name] = moment
 
 
 _CUSTOMER_COUNTERS = (
@@ -158,14 +163,9 @@ _CUSTOMER_COUNTERS = (
     "soft_bounces",
 )
 _CUSTOMER_WEIGHTS = ("w_sent", "w_bounced", "w_opened", "w_clicked")
-_CUSTOMER_LATEST = (
-    "last_sent_at",
-    "last_open_at",
-    "last_click_at",
-    "unsubscribed_at",
-    "complained_at",
-    "hard_bounced_at",
-)
+_CUSTOMER_LATEST = ("last_sent_at", "last_open_at", "last_click_at")
+# When the customer first unsubscribed, complained or hard-bounced: the reasons for suppression.
+_CUSTOMER_FIRST = ("unsubscribed_at", "complained_at", "hard_bounced_at")
 
 
 def ingest_batch(
@@ -346,11 +346,11 @@ def _apply(
     elif kind == "unsubscribed" and state.unsubscribed_at is None:
         state.unsubscribed_at = at
         tally.count(key, "unsubscribed")
-        customer.seen("unsubscribed_at", at)
+        customer.first("unsubscribed_at", at)
     elif kind == "complained" and state.complained_at is None:
         state.complained_at = at
         tally.count(key, "complained")
-        customer.seen("complained_at", at)
+        customer.first("complained_at", at)
     state.changed = True
     return human_link_click
 
@@ -399,7 +399,7 @@ def _apply_bounce(
         tally.count(key, "soft_bounced", -1)
         tally.count(key, "hard_bounced")
     if hard:
-        customer.seen("hard_bounced_at", event.occurred_at)
+        customer.first("hard_bounced_at", event.occurred_at)
     else:
         customer.bump("soft_bounces")
 
@@ -446,6 +446,10 @@ def _customer_delta_statement() -> Executable:
         column = customers.c[name]
         new = bindparam(f"d_{name}", type_=column.type)
         values[name] = case((or_(column.is_(None), column < new), new), else_=column)
+    for name in _CUSTOMER_FIRST:
+        column = customers.c[name]
+        new = bindparam(f"d_{name}", type_=column.type)
+        values[name] = case((new.is_(None), column), (or_(column.is_(None), column > new), new), else_=column)
     return update(customers).where(customers.c.id == bindparam("customer_key")).values(values)
 
 
@@ -492,6 +496,7 @@ def _write_customer_deltas(conn: Connection, deltas: dict[int, _CustomerDelta]) 
             {f"d_{name}": delta.counts.get(name, 0) for name in (*_CUSTOMER_COUNTERS, *_CUSTOMER_WEIGHTS)}
         )
         row.update({f"d_{name}": delta.latest.get(name) for name in _CUSTOMER_LATEST})
+        row.update({f"d_{name}": delta.earliest.get(name) for name in _CUSTOMER_FIRST})
         params.append(row)
     conn.execute(_UPDATE_CUSTOMER_DELTAS, params)
     _suppress(conn, deltas)
@@ -508,10 +513,13 @@ _SUPPRESSING = (
 def _suppress(conn: Connection, deltas: dict[int, _CustomerDelta]) -> None:
     params = []
     for customer_id in sorted(deltas):
-        for name, reason in _SUPPRESSING:
-            moment = deltas[customer_id].latest.get(name)
-            if moment is not None:
-                params.append({"customer_key": customer_id, "at": moment, "reason": reason})
-                break
+        causes = [
+            (moment, reason)
+            for name, reason in _SUPPRESSING
+            if (moment := deltas[customer_id].earliest.get(name)) is not None
+        ]
+        if causes:
+            moment, reason = min(causes)  # the first cause is what suppressed them
+            params.append({"customer_key": customer_id, "at": moment, "reason": reason})
     if params:
         conn.execute(_SUPPRESS_CUSTOMER, params)

@@ -231,3 +231,24 @@ def test_sweeping_every_link_within_a_second_is_a_scanner(engine: Engine) -> Non
             .order_by(events.c.id)
         ).all()
     assert [tuple(row) for row in flagged] == [(0, None), (1, "link_sweep"), (2, "link_sweep"), (2, None)]
+
+
+def test_suppression_keeps_its_first_cause(engine: Engine) -> None:
+    tenant = make_tenant(engine)
+    customer = make_customer(engine, tenant.id)
+    first = make_message(engine, tenant.id, customer, sent_at=T0)
+    second = make_message(engine, tenant.id, customer, sent_at=T0)
+    ingest(
+        engine,
+        _event(tenant.id, second, "complained", 300),
+        _event(tenant.id, first, "unsubscribed", 120),
+        _event(tenant.id, second, "unsubscribed", 400),
+    )
+    with engine.connect() as conn:
+        person = conn.execute(select(customers).where(customers.c.id == customer)).one()
+    assert (person.suppression_reason, person.suppressed_at) == (
+        "unsubscribed",
+        T0 + dt.timedelta(minutes=120),
+    )
+    assert person.unsubscribed_at == T0 + dt.timedelta(minutes=120), "the first unsubscribe is kept"
+    assert person.complained_at == T0 + dt.timedelta(minutes=300)
