@@ -1,0 +1,1 @@
+"""Operations: retention, IP anonymization, leases, GDPR export and erasure, metrics, hardening."""
