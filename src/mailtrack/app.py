@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine, text
 
@@ -19,6 +19,10 @@ from mailtrack.config import Settings, get_settings
 from mailtrack.dashboard import routes as dashboard_routes
 from mailtrack.db import make_engine
 from mailtrack.delivery import routes as delivery_routes
+from mailtrack.maintenance import routes as maintenance_routes
+from mailtrack.maintenance.metrics import metrics_endpoint
+from mailtrack.maintenance.scheduler import MaintenanceScheduler
+from mailtrack.maintenance.security import SecurityMiddleware
 from mailtrack.messages import routes as message_routes
 from mailtrack.messages.tokens import TokenCodec
 from mailtrack.tracking import import_routes
@@ -43,6 +47,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         linger_ms=settings.ingest_linger_ms,
     )
 
+    scheduler = MaintenanceScheduler(engine)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Load the user-agent patterns before the first hit instead of during it.
@@ -50,7 +56,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36"
         )
         await writer.start()
+        await scheduler.start()
         yield
+        await scheduler.stop()
         await writer.stop()
         engine.dispose()
 
@@ -75,6 +83,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         links=LinkCache(engine),
     )
     app.add_middleware(TrackingFastPath)
+    app.add_middleware(SecurityMiddleware)  # added last: outermost, so it also wraps /o and /c
+    app.state.maintenance = scheduler
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> JSONResponse:
@@ -93,6 +103,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(analytics_routes.router)
     app.include_router(delivery_routes.router)
     app.include_router(dashboard_routes.router)
+    app.include_router(maintenance_routes.router)
+    app.add_api_route(
+        "/metrics", metrics_endpoint, methods=["GET"], tags=["operations"], response_class=PlainTextResponse
+    )
     app.mount(
         dashboard_routes.STATIC_URL,
         StaticFiles(directory=dashboard_routes.STATIC_DIR),

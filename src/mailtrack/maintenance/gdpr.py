@@ -22,12 +22,12 @@ from sqlalchemy import ColumnElement, Connection, and_, bindparam, delete, false
 
 from mailtrack.analytics.tables import customer_open_hours
 from mailtrack.delivery.tables import quarantine
+from mailtrack.messages.queries import ERASED_PREFIX
 from mailtrack.messages.tables import campaigns, customers, links, messages
 from mailtrack.tenants.queries import get_settings
 from mailtrack.tracking.tables import events
 
 log = logging.getLogger(__name__)
-ERASED_PREFIX = "erased-"
 
 
 class ExportedCustomer(BaseModel):

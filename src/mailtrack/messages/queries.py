@@ -13,6 +13,8 @@ from mailtrack.db import utcnow
 from mailtrack.messages.tables import campaigns, customers, links, messages
 
 CHANNELS = ("marketing", "transactional", "system")
+# External ids of erased customers start with this; nothing is recorded for them any more (GDPR).
+ERASED_PREFIX = "erased-"
 SOURCES = ("campaign", "automation", "system")
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mailtrack.maintenance.metrics import HITS
 from mailtrack.messages.tokens import TokenKind
 from mailtrack.tracking.hits import NO_CACHE, PIXEL_GIF, Hit, Tracking, page, record
 
@@ -60,6 +61,7 @@ class TrackingFastPath:
         await self.app(scope, receive, send)
 
     async def _open(self, tracking: Tracking, scope: Scope, send: Send, text: str) -> None:
+        HITS.inc("open")
         token = tracking.codec.decode(text.removesuffix(".gif"), kind=TokenKind.OPEN)
         if token is None:
             tracking.rejected_tokens += 1
@@ -68,6 +70,7 @@ class TrackingFastPath:
         await _respond(send, 200, _PIXEL_HEADERS, PIXEL_GIF, scope["method"])
 
     async def _click(self, tracking: Tracking, scope: Scope, send: Send, text: str) -> None:
+        HITS.inc("click")
         token = tracking.codec.decode(text, kind=TokenKind.CLICK)
         url = await tracking.links.target(token) if token is not None else None
         if token is None or url is None:

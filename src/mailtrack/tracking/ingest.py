@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Executable, bindparam, case, or_, select, upd
 
 from mailtrack.analytics import rollups
 from mailtrack.db import bulk_insert
-from mailtrack.messages.queries import LinkKey, LinkState, add_link_clicks, link_states
+from mailtrack.messages.queries import ERASED_PREFIX, LinkKey, LinkState, add_link_clicks, link_states
 from mailtrack.messages.tables import customers, messages
 from mailtrack.tenants.tables import tenant_settings, tenants
 from mailtrack.tracking.ipaddr import anonymize_ip
@@ -104,6 +104,7 @@ class _MessageState:
     last_click_at: dt.datetime | None
     last_click_position: int | None
     do_not_track: bool
+    erased: bool
     timezone: str
     ip_anonymize_days: int  # the salon's IP policy, read with the state to save a query per batch
     changed: bool = False
@@ -194,6 +195,11 @@ def ingest_batch(
         state = states.get(event.message_id)
         if state is None or state.tenant_id != event.tenant_id or event.type not in EVENT_TYPES:
             result.unknown_messages += 1
+            continue
+        if state.erased:
+            # An erased customer's late hits, unsubscribes and bounces would store their address, agent
+            # or a diagnostic quoting their email again: nothing more is recorded for them.
+            result.not_tracked += 1
             continue
         if event.type in ("opened", "clicked") and (not state.tracked or state.do_not_track):
             # Privacy is enforced here, where every path meets: no open or click is kept for mail that
@@ -463,7 +469,13 @@ _SUPPRESS_CUSTOMER = (
     )
 )
 _LOCK_MESSAGE_STATES = (
-    select(*_STATE_COLUMNS, customers.c.do_not_track, tenants.c.timezone, tenant_settings.c.ip_anonymize_days)
+    select(
+        *_STATE_COLUMNS,
+        customers.c.do_not_track,
+        customers.c.external_id.startswith(ERASED_PREFIX).label("erased"),
+        tenants.c.timezone,
+        tenant_settings.c.ip_anonymize_days,
+    )
     .join(customers, customers.c.id == messages.c.customer_id)
     .join(tenants, tenants.c.id == messages.c.tenant_id)
     .join(tenant_settings, tenant_settings.c.tenant_id == messages.c.tenant_id)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from mailtrack.db import write_transaction
+from mailtrack.maintenance import metrics
 from mailtrack.tracking.ingest import EventIn, IngestResult, ingest_batch
 
 log = logging.getLogger(__name__)
@@ -133,4 +134,5 @@ class IngestWriter:
         self.stats.events += len(events)
         self.stats.last_batch_size = len(events)
         self.stats.last_batch_seconds = time.perf_counter() - started
+        metrics.observe_batch(events, self.stats.last_batch_seconds)
         return result
