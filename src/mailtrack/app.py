@@ -19,6 +19,9 @@ from mailtrack.config import Settings, get_settings
 from mailtrack.dashboard import routes as dashboard_routes
 from mailtrack.db import make_engine
 from mailtrack.delivery import routes as delivery_routes
+from mailtrack.delivery import webhook_routes
+from mailtrack.delivery.outbox import OutboxWorker
+from mailtrack.delivery.smtp_relay import SmtpRelay
 from mailtrack.maintenance import routes as maintenance_routes
 from mailtrack.maintenance.metrics import metrics_endpoint
 from mailtrack.maintenance.scheduler import MaintenanceScheduler
@@ -48,6 +51,12 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     )
 
     scheduler = MaintenanceScheduler(engine)
+    # "send": true goes through this worker; without MAILTRACK_SMTP_HOST the API answers 501.
+    outbox = (
+        OutboxWorker(engine, SmtpRelay.from_settings(settings), max_attempts=settings.smtp_max_attempts)
+        if settings.smtp_host
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -57,7 +66,11 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         )
         await writer.start()
         await scheduler.start()
+        if outbox is not None:
+            await outbox.start()
         yield
+        if outbox is not None:
+            await outbox.stop()
         await scheduler.stop()
         await writer.stop()
         engine.dispose()
@@ -85,6 +98,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.add_middleware(TrackingFastPath)
     app.add_middleware(SecurityMiddleware)  # added last: outermost, so it also wraps /o and /c
     app.state.maintenance = scheduler
+    app.state.outbox = outbox
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> JSONResponse:
@@ -102,6 +116,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(import_routes.router)
     app.include_router(analytics_routes.router)
     app.include_router(delivery_routes.router)
+    app.include_router(webhook_routes.router)
     app.include_router(dashboard_routes.router)
     app.include_router(maintenance_routes.router)
     app.add_api_route(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import typer
 import uvicorn
+from aiosmtpd.controller import Controller
 from sqlalchemy import Engine, func, select
 
 from mailtrack.cli.common import fail, open_engine, stderr
 from mailtrack.config import InsecureSettingsError, Settings
-from mailtrack.db import write_transaction
+from mailtrack.db import make_engine, write_transaction
+from mailtrack.delivery.inbound import codec_from_settings
+from mailtrack.delivery.smtp_listener import start_listener
 from mailtrack.messages.tables import messages
 from mailtrack.tenants.queries import create_api_key, create_manager, create_tenant, find_tenant_by_name
 
@@ -17,7 +20,29 @@ DEMO_EMAIL = "manager@demo.salon"
 DEMO_PASSWORD = "demo-salon-2026"  # noqa: S105  (printed on purpose: it is the demo's public login)
 
 
+def _start_inbound_listener(settings: Settings) -> Controller | None:
+    """The bounce listener when MAILTRACK_INBOUND_SMTP_PORT is set (one per server, not per worker)."""
+    # Here, not in the app's lifespan: every uvicorn worker runs the lifespan, and only one can bind.
+    if settings.inbound_smtp_port is None:
+        return None
+    return start_listener(
+        make_engine(settings.database_url),
+        codec_from_settings(settings),
+        settings.inbound_smtp_host,
+        settings.inbound_smtp_port,
+    )
+
+
 def _run(settings: Settings, host: str, port: int, workers: int) -> None:
+    listener = _start_inbound_listener(settings)
+    try:
+        _uvicorn(settings, host, port, workers)
+    finally:
+        if listener is not None:
+            listener.stop()
+
+
+def _uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
     uvicorn.run(
         "mailtrack.app:create_app",
         factory=True,

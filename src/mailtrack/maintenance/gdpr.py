@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, delete, false, func, select, update
 
 from mailtrack.analytics.tables import customer_open_hours
+from mailtrack.delivery.outbox import cancel_pending
 from mailtrack.delivery.tables import quarantine
 from mailtrack.messages.queries import ERASED_PREFIX
 from mailtrack.messages.tables import campaigns, customers, links, messages
@@ -314,6 +315,7 @@ def erase_customer(conn: Connection, *, tenant_id: int, external_id: str) -> Era
             select(messages.c.id).where(messages.c.tenant_id == tenant_id, messages.c.customer_id == key)
         ).scalars()
     )
+    cancel_pending(conn, tenant_id=tenant_id, message_ids=message_keys)  # unsent mail stays unsent
     if message_keys:
         # The platform knows its message ids and the SMTP Message-ID: either would lead back to the person.
         conn.execute(

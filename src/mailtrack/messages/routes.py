@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mailtrack.config import Settings
 from mailtrack.db import utcnow, write_transaction
+from mailtrack.delivery.sending import SendRefusedError, queue_for_sending
 from mailtrack.messages.policy import tracking_allowed
 from mailtrack.messages.queries import (
     CustomerIn,
@@ -64,6 +65,10 @@ class MessageRequest(BaseModel):
     html: Annotated[str, Field(max_length=MAX_BODY_CHARS)] | None = None
     text: Annotated[str, Field(max_length=MAX_BODY_CHARS)] | None = None
     send: bool = False
+    sender: Annotated[str, Field(max_length=320)] | None = Field(
+        default=None,
+        description='From header for "send": true, e.g. "Salon <hello@salon.hu>"; default MAIL_FROM.',
+    )
 
 
 class MessageResponse(BaseModel):
@@ -160,6 +165,10 @@ def _register(
     engine: Engine, codec: TokenCodec, settings: Settings, tenant_id: int, body: MessageRequest
 ) -> MessageResponse:
     with write_transaction(engine) as conn:
+        if body.send:  # registered and queued in one transaction, or neither
+            return queue_for_sending(
+                conn, codec, settings, tenant_id=tenant_id, body=body, sender=body.sender
+            )
         return register_message(conn, codec, settings, tenant_id=tenant_id, body=body)
 
 
@@ -167,7 +176,8 @@ def _register(
     "/messages",
     status_code=status.HTTP_201_CREATED,
     responses={
-        409: {"description": "message_id already registered"},
+        409: {"description": "message_id already registered, or marketing mail to a suppressed customer"},
+        422: {"description": "an address that cannot be sent to"},
         501: {"description": "sending not configured"},
     },
 )
@@ -175,16 +185,22 @@ async def create_message(
     request: Request, body: MessageRequest, tenant_id: ApiTenant, engine: EngineDep
 ) -> MessageResponse:
     """Register one outgoing message and return it instrumented (pixel, rewritten links, headers)."""
-    if body.send:
+    outbox = getattr(request.app.state, "outbox", None)
+    if body.send and outbox is None:
         raise HTTPException(
             status.HTTP_501_NOT_IMPLEMENTED,
             "sending through Mailtrack's SMTP relay is not configured; send the returned message yourself",
         )
     try:
-        return await run_in_threadpool(
+        response = await run_in_threadpool(
             _register, engine, request.app.state.tracking.codec, request.app.state.settings, tenant_id, body
         )
+    except SendRefusedError as exc:  # 409 suppressed (marketing), 422 unusable address
+        raise HTTPException(exc.status_code, str(exc)) from None
     except (IntegrityError, DuplicateMessageError):
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"message_id {body.message_id!r} is already registered"
         ) from None
+    if body.send and outbox is not None:
+        outbox.wake()  # committed: send now rather than at the next poll
+    return response

@@ -20,7 +20,8 @@ from typing import Any
 from sqlalchemy import Connection, Executable, bindparam, case, or_, select, update
 
 from mailtrack.analytics import rollups
-from mailtrack.db import bulk_insert
+from mailtrack.db import bulk_insert, utcnow
+from mailtrack.delivery.suppression import suppress_repeated_soft_bounces
 from mailtrack.messages.queries import ERASED_PREFIX, LinkKey, LinkState, add_link_clicks, link_states
 from mailtrack.messages.tables import customers, messages
 from mailtrack.tenants.tables import tenant_settings, tenants
@@ -512,6 +513,8 @@ def _write_customer_deltas(conn: Connection, deltas: dict[int, _CustomerDelta]) 
         params.append(row)
     conn.execute(_UPDATE_CUSTOMER_DELTAS, params)
     _suppress(conn, deltas)
+    soft = [customer_id for customer_id in sorted(deltas) if deltas[customer_id].counts.get("soft_bounces")]
+    suppress_repeated_soft_bounces(conn, customer_ids=soft, at=utcnow())
 
 
 # Why a customer stops getting marketing mail, by the aggregate that records the event.
