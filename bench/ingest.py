@@ -43,11 +43,23 @@ def export_jsonl(engine: Engine, path: Path) -> int:
     """Write the database's events as import lines (each message's first line carries its customer)."""
     query = (
         select(
-            events.c.id, events.c.type, events.c.occurred_at, events.c.user_agent, events.c.ip,
-            events.c.referer, events.c.bounce_kind, events.c.status, events.c.diagnostic,
-            messages.c.external_id.label("message"), messages.c.channel, messages.c.source,
-            campaigns.c.name.label("campaign"), customers.c.external_id.label("customer"),
-            customers.c.name, customers.c.email, links.c.url,
+            events.c.id,
+            events.c.type,
+            events.c.occurred_at,
+            events.c.user_agent,
+            events.c.ip,
+            events.c.referer,
+            events.c.bounce_kind,
+            events.c.status,
+            events.c.diagnostic,
+            messages.c.external_id.label("message"),
+            messages.c.channel,
+            messages.c.source,
+            campaigns.c.name.label("campaign"),
+            customers.c.external_id.label("customer"),
+            customers.c.name,
+            customers.c.email,
+            links.c.url,
         )
         .join(messages, messages.c.id == events.c.message_id)
         .join(customers, customers.c.id == events.c.customer_id)
@@ -63,13 +75,19 @@ def export_jsonl(engine: Engine, path: Path) -> int:
     with engine.connect() as conn, path.open("w") as out:
         for row in conn.execution_options(yield_per=20_000).execute(query):
             line: dict[str, Any] = {
-                "type": row.type, "message_id": row.message, "event_id": f"e{row.id}",
+                "type": row.type,
+                "message_id": row.message,
+                "event_id": f"e{row.id}",
                 "occurred_at": row.occurred_at.isoformat().replace("+00:00", "Z"),
             }
             if row.message not in seen:
                 seen.add(row.message)
-                line.update(customer={"id": row.customer, "name": row.name, "email": row.email},
-                            channel=row.channel, source=row.source, campaign=row.campaign)
+                line.update(
+                    customer={"id": row.customer, "name": row.name, "email": row.email},
+                    channel=row.channel,
+                    source=row.source,
+                    campaign=row.campaign,
+                )
             for key in ("user_agent", "ip", "referer", "status", "diagnostic", "url"):
                 if getattr(row, key) is not None:
                     line[key] = getattr(row, key)
@@ -121,10 +139,14 @@ def run(backend: str, customers_count: int, months: int) -> None:
     seed_rate = report.events / report.seconds
     import_rate = result.imported / import_seconds
     ref_rate = ref_rows / ref_seconds
-    print(f"{backend:<11}{'seed':<10}{report.events:>10}{report.seconds:>9.1f}{seed_rate:>11.0f}"
-          f"{seed_rate / ref_rate:>8.2f}")
-    print(f"{'':<11}{'import':<10}{result.imported:>10}{import_seconds:>9.1f}{import_rate:>11.0f}"
-          f"{import_rate / ref_rate:>8.2f}   rejected {len(result.rejected)} of {exported}")
+    print(
+        f"{backend:<11}{'seed':<10}{report.events:>10}{report.seconds:>9.1f}{seed_rate:>11.0f}"
+        f"{seed_rate / ref_rate:>8.2f}"
+    )
+    print(
+        f"{'':<11}{'import':<10}{result.imported:>10}{import_seconds:>9.1f}{import_rate:>11.0f}"
+        f"{import_rate / ref_rate:>8.2f}   rejected {len(result.rejected)} of {exported}"
+    )
     print(f"{'':<11}{'reference':<10}{ref_rows:>10}{ref_seconds:>9.1f}{ref_rate:>11.0f}{1:>8.2f}")
 
 
