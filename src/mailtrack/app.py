@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from sqlalchemy import Engine, text
 
 from mailtrack import __version__
 from mailtrack.analytics import routes as analytics_routes
+from mailtrack.analytics.sendtime import warm_cache
 from mailtrack.config import Settings, get_settings
 from mailtrack.dashboard import routes as dashboard_routes
 from mailtrack.db import make_engine
@@ -36,6 +38,13 @@ from mailtrack.tracking.useragent import classify_user_agent
 from mailtrack.tracking.writer import IngestWriter
 
 log = logging.getLogger(__name__)
+
+
+def _warm_send_times(engine: Engine) -> None:
+    try:
+        warm_cache(engine)
+    except Exception:  # a warm-up is an optimization: the page computes it when asked
+        log.exception("send-time warm-up failed")
 
 
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
@@ -68,7 +77,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         await scheduler.start()
         if outbox is not None:
             await outbox.start()
+        # The send-time fit takes about a second per salon; do it now rather than on a manager's first view.
+        warming = asyncio.create_task(asyncio.to_thread(_warm_send_times, engine))
         yield
+        warming.cancel()
         if outbox is not None:
             await outbox.stop()
         await scheduler.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import importlib
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Connection
 
 from mailtrack.analytics import metrics, queries
+from mailtrack.analytics.sendtime import best_send_time, customer_best_hours
 from mailtrack.db import utcnow
 from mailtrack.messages.queries import CHANNELS, SOURCES
 from mailtrack.tenants.auth import ApiTenant, EngineDep
@@ -131,6 +131,14 @@ class EventsPage(BaseModel):
     next: str | None
 
 
+class CustomerSlotOut(BaseModel):
+    """When a customer opens mail: the local weekday and hour to send them mail."""
+
+    weekday: str
+    hour: int
+    opens: int
+
+
 class ScoredCustomerOut(BaseModel):
     """A scored customer; last_engagement is their latest human open or click."""
 
@@ -139,6 +147,9 @@ class ScoredCustomerOut(BaseModel):
     email: str
     score: int
     last_engagement: dt.datetime | None
+    best_send_time: CustomerSlotOut | None = Field(
+        default=None, description="Their own best weekday and hour (local), from ≥ 5 first opens; else null."
+    )
 
 
 class CustomersPage(BaseModel):
@@ -231,18 +242,6 @@ def _timezone(conn: Connection, tenant_id: int) -> str:
 # --- stats ------------------------------------------------------------------------------------------
 
 
-def _best_send_time(conn: Connection, *, tenant_id: int, timezone: str) -> dict[str, Any] | None:
-    # The send-time model is built separately; until its module exists the field is null, never invented.
-    try:
-        module = importlib.import_module("mailtrack.analytics.sendtime")
-    except ModuleNotFoundError as exc:
-        if exc.name != "mailtrack.analytics.sendtime":
-            raise
-        return None
-    result: dict[str, Any] | None = module.best_send_time(conn, tenant_id=tenant_id, timezone=timezone)
-    return result
-
-
 def _period_out(period: metrics.Period, timezone: str) -> PeriodOut:
     return PeriodOut(from_=period.first, to=period.last, days=period.days, timezone=timezone)
 
@@ -300,7 +299,7 @@ def get_stats(
         engaged = queries.top_engaged(conn, tenant_id=tenant_id, now=now)
         links = queries.top_links(conn, cohort=current)
         recent = queries.list_events(conn, tenant_id=tenant_id, limit=10)
-        best = _best_send_time(conn, tenant_id=tenant_id, timezone=timezone)
+        best = best_send_time(conn, tenant_id=tenant_id, timezone=timezone)
     counts = totals.counts()
     counts["tracked_delivered"] = metrics.tracked_delivered(totals)
     return StatsOut(
@@ -376,7 +375,8 @@ def get_customers(
             after=after,
             limit=limit + 1,
         )
-    page = found[:limit]
+        page = found[:limit]
+        best = customer_best_hours(conn, tenant_id=tenant_id, customer_ids=[c.external_id for c in page])
     following = _encode_cursor(page[-1].score, page[-1].id) if len(found) > limit else None
     return CustomersPage(
         customers=[
@@ -386,6 +386,7 @@ def get_customers(
                 email=c.email,
                 score=c.score,
                 last_engagement=c.last_engagement,
+                best_send_time=best.get(c.external_id),
             )
             for c in page
         ],

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Float, case, cast, func, select
+from sqlalchemy import Connection, Engine, Float, case, cast, func, select
 
 from mailtrack.analytics import sendtime_data as data
 from mailtrack.analytics import sendtime_fit as model
@@ -26,6 +26,7 @@ from mailtrack.analytics.tables import customer_open_hours, rollup_messages, rol
 from mailtrack.db import utcnow
 from mailtrack.messages.tables import customers
 from mailtrack.tenants.queries import get_tenant
+from mailtrack.tenants.tables import tenants
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 WINDOW = dt.timedelta(days=365)  # older habits are not this year's
@@ -310,3 +311,18 @@ def customer_best_hours(
         best = model.personal_best_slot(slots, analysis.fit)
         out[external_id] = {"weekday": WEEKDAYS[best // 24], "hour": best % 24, "opens": sum(slots.values())}
     return out
+
+
+def warm_cache(engine: Engine, *, salons: int = 50) -> int:
+    """Fit the salons with the most recent mail ahead of their first dashboard view; returns how many."""
+    with engine.connect() as conn:
+        busiest = conn.execute(
+            select(rollup_messages.c.tenant_id, tenants.c.timezone)
+            .join(tenants, tenants.c.id == rollup_messages.c.tenant_id)
+            .group_by(rollup_messages.c.tenant_id, tenants.c.timezone)
+            .order_by(func.max(rollup_messages.c.hour).desc())
+            .limit(salons)
+        ).all()
+        for tenant_id, timezone in busiest:
+            best_send_time(conn, tenant_id=tenant_id, timezone=timezone)
+    return len(busiest)

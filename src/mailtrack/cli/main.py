@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mailtrack.cli import admin, customers, data, inbound, maintain, server, ua
+from mailtrack.cli import admin, customers, data, inbound, maintain, sendtime, server, ua
 
 app = typer.Typer(
     name="mailtrack",
@@ -23,5 +23,6 @@ app.command("seed")(data.seed)
 app.command("import")(data.import_file)
 app.command("ua")(ua.ua_command)
 app.command("inbound")(inbound.inbound_command)
+app.command("sendtime")(sendtime.sendtime_command)
 app.command("maintain")(maintain.maintain_command)
 app.add_typer(customers.customers_app, name="customers")
