@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
-import time
-from datetime import timedelta
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from mailtrack.delivery import bounces
 from mailtrack.delivery.bounces import KINDS, classify
+
+T = TypeVar("T")
 
 CORPUS = Path(__file__).resolve().parents[2] / "data" / "bounces"
 EXPECTED: dict[str, dict[str, Any]] = json.loads((CORPUS / "expected.json").read_text(encoding="utf-8"))
@@ -29,6 +31,21 @@ def _raw(name: str) -> bytes:
 def _observed(raw: bytes) -> dict[str, Any]:
     result = classify(raw)
     return {name: getattr(result, name) for name in FIELDS}
+
+
+def finishes(work: Callable[[], T], *, within: float = 60.0) -> T:
+    """The result of `work`, failing the test if it has not returned by `within` seconds.
+
+    A watchdog for hangs (a parser loop that never ends would block the suite), not a speed check:
+    bounded work here takes milliseconds.
+    """
+    result: list[T] = []
+    thread = threading.Thread(target=lambda: result.append(work()), daemon=True)
+    thread.start()
+    thread.join(within)
+    assert not thread.is_alive(), f"still running after {within} s: the parser hangs"
+    assert result, "the parser raised (see the thread's traceback above)"
+    return result[0]
 
 
 def _lf(raw: bytes) -> bytes:
@@ -171,9 +188,7 @@ def test_deeply_nested_rfc822_is_bounded() -> None:
     depth = 3000
     nested = b"Content-Type: message/rfc822\n\n" * depth + b"Subject: core\n\nbody\n"
     raw = b"From: MAILER-DAEMON@mx.example\nSubject: Undeliverable\n" + nested
-    started = time.perf_counter()
-    assert classify(raw).kind in KINDS
-    assert time.perf_counter() - started < 5
+    assert finishes(lambda: classify(raw).kind) in KINDS
 
 
 def test_a_huge_attachment_is_not_scanned() -> None:
@@ -186,22 +201,18 @@ def test_a_huge_attachment_is_not_scanned() -> None:
     )
     raw = dsn.replace(boundary, attachment + boundary)
     assert len(raw) > 9 * 1024 * 1024
-    started = time.perf_counter()
-    assert _observed(raw) == EXPECTED["postfix_user_unknown.eml"]
-    assert time.perf_counter() - started < 5
+    assert finishes(lambda: _observed(raw)) == EXPECTED["postfix_user_unknown.eml"]
 
 
 def test_thousands_of_tiny_parts_are_bounded() -> None:
     parts = b"".join(b"--b\nContent-Type: text/plain\n\nx 550 5.1.1\n" for _ in range(40_000))
     raw = b"From: MAILER-DAEMON@mx.example\nContent-Type: multipart/mixed; boundary=b\n\n" + parts
-    started = time.perf_counter()
-    assert classify(raw).kind in KINDS
-    assert time.perf_counter() - started < 5
+    assert finishes(lambda: classify(raw).kind) in KINDS
 
 
 # Fuzzing: `_classify` is the parser without `classify`'s last-resort exception guard, so a crash in
 # any stage fails here instead of being logged and hidden.
-@settings(max_examples=300, deadline=timedelta(milliseconds=1000))
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=8192))
 def test_arbitrary_bytes_never_crash_the_parser(raw: bytes) -> None:
     assert bounces._classify(raw).kind in KINDS
@@ -232,7 +243,7 @@ def _mutate(raw: bytes, mutations: list[tuple[str, int, Any]]) -> bytes:
 
 @settings(
     max_examples=300,
-    deadline=timedelta(milliseconds=2000),
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(st.sampled_from(NAMES), st.lists(_MUTATION, min_size=1, max_size=8))
