@@ -78,7 +78,8 @@ def main() -> int:
         print("PostgreSQL is not reachable: measuring SQLite only", file=sys.stderr)
         backends.remove("postgresql")
     print(
-        f"demo salon: {args.customers} customers × {args.months} months; times in ms; ratio = median view ÷ healthz"
+        f"demo salon: {args.customers} customers × {args.months} months; "
+        "times in ms; ratio = median view ÷ healthz"
     )
     print(f"{'backend':<11}{'first':>10}{'median':>10}{'6 months':>12}{'healthz':>11}{'ratio':>10}")
     for backend in backends:
