@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, func, or_, select, text
 
-from mailtrack.db import utcnow, write_transaction
+from mailtrack.db import refresh_statistics_as_tables_grow, utcnow, write_transaction
 from mailtrack.demo.population import (
     APPLE_PROXY,
     KNOWN_AGENTS,
@@ -169,11 +169,7 @@ class _Writer:
             self.written += ingest_batch(conn, self.events).stored
         self.messages, self.links, self.events = [], [], []
         self.flushes += 1
-        if self.engine.dialect.name == "postgresql" and self.flushes & (self.flushes - 1) == 0:
-            # Tables grown from nothing mislead the planner until analyzed (an 8x slower scan of links per
-            # batch here); autovacuum may be off or late, so refresh the statistics as the tables double.
-            with write_transaction(self.engine) as conn:
-                conn.exec_driver_sql("ANALYZE customers, messages, links, events")
+        refresh_statistics_as_tables_grow(self.engine, self.flushes)
         if self.progress:
             self.progress(self.written, max(self.expected, self.written))
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Connection, Engine, select
 
-from mailtrack.db import write_transaction
+from mailtrack.db import refresh_statistics_as_tables_grow, write_transaction
 from mailtrack.messages.policy import tracking_allowed
 from mailtrack.messages.queries import (
     CustomerIn,
@@ -127,6 +127,16 @@ def import_lines(
     """Import JSON Lines events for a salon; `progress` is told how many lines each chunk held."""
     report = ImportReport()
     chunk: list[tuple[int, ImportLine]] = []
+    chunks = 0
+
+    def write() -> None:
+        nonlocal chunks
+        _write_chunk(engine, tenant_id, chunk, report)
+        chunks += 1
+        refresh_statistics_as_tables_grow(engine, chunks)
+        if progress:
+            progress(len(chunk))
+
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
@@ -135,14 +145,10 @@ def import_lines(
         except ValueError as exc:
             report.reject(number, str(exc))
         if len(chunk) >= CHUNK_LINES:
-            _write_chunk(engine, tenant_id, chunk, report)
-            if progress:
-                progress(len(chunk))
+            write()
             chunk = []
     if chunk:
-        _write_chunk(engine, tenant_id, chunk, report)
-        if progress:
-            progress(len(chunk))
+        write()
     report.rejected.sort(key=lambda item: int(item["line"]))
     return report
 
