@@ -5,14 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine, select
@@ -27,7 +24,8 @@ from mailtrack.tenants.queries import create_manager
 from mailtrack.tracking.ingest import EventIn
 from mailtrack.tracking.useragent import UserAgentInfo
 from tests.factories import ingest, make_customer, make_tenant
-from tests.functional.conftest import LiveServer, free_port
+from tests.functional.conftest import LiveServer
+from tests.live import free_port, serving
 
 DASHBOARD = "/manager/connect/email/tracking"
 PASSWORD = "correct horse battery"
@@ -79,21 +77,8 @@ def serve_dashboard(
     url = f"http://127.0.0.1:{port}"
     settings = settings.model_copy(update={"base_url": base_url or url})
     app = wire_dashboard(create_app(settings, engine=engine))
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
-    try:
+    with serving(app, port=port):
         yield LiveServer(url, engine, settings)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def make_manager(engine: Engine, tenant_id: int, email: str, password: str = PASSWORD) -> int:

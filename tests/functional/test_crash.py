@@ -21,7 +21,7 @@ from mailtrack.messages.tokens import TokenCodec
 from mailtrack.tracking.tables import events
 from tests.conftest import TEST_SECRET
 from tests.factories import make_tenant
-from tests.functional.conftest import free_port
+from tests.live import free_port
 
 
 @contextmanager

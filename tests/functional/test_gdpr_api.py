@@ -19,8 +19,7 @@ from mailtrack.maintenance.routes import router as gdpr_router
 from mailtrack.messages.tables import customers
 from mailtrack.tracking.tables import events
 from tests.factories import make_api_key, make_tenant
-from tests.functional.conftest import free_port
-from tests.live import serving
+from tests.live import free_port, serving
 
 AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Thunderbird/115.6.0"
 HTML = '<p>Hi Anna, <a href="https://salon.example/book">book</a></p>'
