@@ -240,7 +240,7 @@ def test_another_salons_manager_cannot_reach_its_pages(
 def test_the_send_time_models_answer_is_shown_with_its_heatmap(
     server: LiveServer, salon: Salon, open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(analytics_routes, "_best_send_time", lambda conn, **_: SEND_TIME)
+    monkeypatch.setattr(analytics_routes, "best_send_time", lambda conn, **_: SEND_TIME)
     page = open_page()
     page.login(server.url, salon.manager_email)
     stats = _stats(server, salon.tenant_id, page)
