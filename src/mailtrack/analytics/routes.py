@@ -18,11 +18,11 @@ from mailtrack.analytics import metrics, queries
 from mailtrack.analytics.sendtime import best_send_time, customer_best_hours
 from mailtrack.db import utcnow
 from mailtrack.messages.queries import CHANNELS, SOURCES
-from mailtrack.tenants.auth import ApiTenant, EngineDep
+from mailtrack.tenants.auth import API_KEY_RESPONSES, ApiTenant, EngineDep
 from mailtrack.tenants.queries import get_tenant
 from mailtrack.tracking.tables import EVENT_TYPES
 
-router = APIRouter(prefix="/api/v1", tags=["analytics"])
+router = APIRouter(prefix="/api/v1", tags=["analytics"], responses=API_KEY_RESPONSES)
 log = logging.getLogger(__name__)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or invalid API key"},

@@ -12,10 +12,10 @@ from mailtrack.config import Settings
 from mailtrack.delivery.inbound import codec_from_settings, process_inbound
 from mailtrack.delivery.mailparse import MAX_MESSAGE_BYTES
 from mailtrack.messages.tokens import TokenCodec
-from mailtrack.tenants.auth import ApiTenant, EngineDep
+from mailtrack.tenants.auth import API_KEY_RESPONSES, ApiTenant, EngineDep
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/v1", tags=["inbound"])
+router = APIRouter(prefix="/api/v1", tags=["inbound"], responses=API_KEY_RESPONSES)
 
 
 def _codec(request: Request) -> TokenCodec:

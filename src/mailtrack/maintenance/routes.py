@@ -11,9 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from mailtrack.db import utcnow, write_transaction
 from mailtrack.maintenance import metrics
 from mailtrack.maintenance.gdpr import CustomerExport, Erasure, erase_customer, export_customer
-from mailtrack.tenants.auth import ApiTenant, EngineDep
+from mailtrack.tenants.auth import API_KEY_RESPONSES, ApiTenant, EngineDep
 
-router = APIRouter(prefix="/api/v1", tags=["customers"])
+router = APIRouter(prefix="/api/v1", tags=["customers"], responses=API_KEY_RESPONSES)
 CustomerId = Annotated[str, Path(min_length=1, max_length=200, description="The platform's own customer id.")]
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "the salon has no customer with this id (or it was erased)"}

@@ -28,10 +28,10 @@ from mailtrack.messages.queries import (
 from mailtrack.messages.rewrite import instrument
 from mailtrack.messages.tables import customers
 from mailtrack.messages.tokens import TokenCodec, TokenKind, TrackingToken
-from mailtrack.tenants.auth import ApiTenant, EngineDep
+from mailtrack.tenants.auth import API_KEY_RESPONSES, ApiTenant, EngineDep
 from mailtrack.tenants.queries import get_settings
 
-router = APIRouter(prefix="/api/v1", tags=["messages"])
+router = APIRouter(prefix="/api/v1", tags=["messages"], responses=API_KEY_RESPONSES)
 
 
 class DuplicateMessageError(ValueError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -40,4 +40,8 @@ def api_tenant(
 
 
 ApiTenant = Annotated[int, Depends(api_tenant)]
+# Every router of API-key operations documents the answer the dependency above can give.
+API_KEY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing, invalid or revoked API key (`Authorization: Bearer <key>`)"}
+}
 EngineDep = Annotated[Engine, Depends(get_engine)]

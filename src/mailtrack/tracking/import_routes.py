@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from mailtrack.tenants.auth import ApiTenant, EngineDep
+from mailtrack.tenants.auth import API_KEY_RESPONSES, ApiTenant, EngineDep
 from mailtrack.tracking.importer import import_lines
 
-router = APIRouter(prefix="/api/v1", tags=["import"])
+router = APIRouter(prefix="/api/v1", tags=["import"], responses=API_KEY_RESPONSES)
 MAX_IMPORT_BYTES = 64 * 1024 * 1024
 
 
