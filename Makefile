@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: run test lint install install-dev bench format lock clean
+.PHONY: run test lint install install-dev browser bench format lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +26,15 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(BIN)/mailtrack demo
 
-## Lint, type-check, then the whole suite on SQLite and PostgreSQL.
-test: install-dev lint
+## Lint, type-check, then the whole suite on SQLite and PostgreSQL (and the dashboard in Chromium).
+test: install-dev lint browser
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
+
+## Debian's Chromium for the browser tests (never a downloaded browser); installed once when missing.
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || \
+		echo "chromium is missing and cannot be installed here: browser tests will skip (or fail under CI=true)"; }
 
 lint: install-dev
 	$(BIN)/ruff check src tests bench
@@ -39,8 +45,9 @@ format: install-dev
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-## Benchmarks: each prints its figures next to a reference measured in the same run.
+## Benchmarks: each prints its figures next to a reference measured in the same run (wrk: Debian).
 bench: install-dev
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.tracking
 	$(BIN)/python -m bench.dashboard_render
