@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, func, or_, select, text
+from sqlalchemy import Connection, Engine, func, or_, select, text
 
-from mailtrack.db import refresh_statistics_as_tables_grow, utcnow, write_transaction
+from mailtrack.db import bulk_insert_rows, refresh_statistics_as_tables_grow, utcnow, write_transaction
 from mailtrack.demo.population import (
     APPLE_PROXY,
     KNOWN_AGENTS,
@@ -156,14 +156,14 @@ class _Writer:
             return
         with write_transaction(self.engine) as conn:
             ids = _reserve_ids(conn, len(self.messages))
-            _insert(
+            bulk_insert_rows(
                 conn,
                 messages_table,
                 _MESSAGE_COLUMNS,
                 [(i, *r) for i, r in zip(ids, self.messages, strict=True)],
             )
             link_rows = [(self.tenant_id, ids[local], position, url) for local, position, url in self.links]
-            _insert(conn, links_table, ("tenant_id", "message_id", "position", "url"), link_rows)
+            bulk_insert_rows(conn, links_table, ("tenant_id", "message_id", "position", "url"), link_rows)
             for event in self.events:
                 event.message_id = ids[event.message_id]
             self.written += ingest_batch(conn, self.events).stored
@@ -172,23 +172,6 @@ class _Writer:
         refresh_statistics_as_tables_grow(self.engine, self.flushes)
         if self.progress:
             self.progress(self.written, max(self.expected, self.written))
-
-
-def _insert(conn: Connection, table: Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-    """Many rows at once: COPY on PostgreSQL, one driver-level executemany on SQLite."""
-    # Values are converted once per column rather than through SQLAlchemy's per-row parameter building.
-    dialect, names = conn.dialect, ", ".join(columns)
-    processors = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns]
-    if any(processors):
-        rows = [tuple(p(v) if p else v for p, v in zip(processors, row, strict=True)) for row in rows]
-    if dialect.name == "postgresql":
-        driver: Any = conn.connection.driver_connection
-        with driver.cursor() as cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-    elif rows:
-        marks = ", ".join("?" * len(columns))
-        conn.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", rows)  # noqa: S608 - our names
 
 
 def _reserve_ids(conn: Connection, count: int) -> list[int]:
