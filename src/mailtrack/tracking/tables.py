@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Index, SmallInteger, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, SmallInteger, String, Table, Text
 
 from mailtrack.db import BigId, UTCDateTime, metadata
 
@@ -40,4 +40,15 @@ events = Table(
     Index(None, "tenant_id", "message_id"),
     Index(None, "tenant_id", "customer_id", "occurred_at"),
     Index(None, "tenant_id", "external_event_id", unique=True),
+)
+
+# How far the database has applied each hit journal (tracking/journal.py): updated in the same
+# transaction as the events it covers, so a journal is applied exactly once, even across crashes.
+journal_progress = Table(
+    "journal_progress",
+    metadata,
+    Column("journal", String(200), primary_key=True),
+    Column("segment", Integer, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
 )
