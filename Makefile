@@ -51,6 +51,7 @@ bench: install-dev
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.tracking
 	$(BIN)/python -m bench.dashboard_render
+	$(BIN)/python -m bench.dashboard
 	$(BIN)/python -m bench.sendtime
 
 ## Re-pin every dependency after changing pyproject.toml.
