@@ -82,5 +82,6 @@ def mailtrack_serve(database_url: str, port: int) -> tuple[list[str], dict[str, 
         "MAILTRACK_DATABASE_URL": database_url,
         "MAILTRACK_SECRET_KEY": BENCH_SECRET,
         "MAILTRACK_LOG_LEVEL": "WARNING",
+        "MAILTRACK_JOURNAL_DIR": tempfile.mkdtemp(prefix="mailtrack-bench-journal-"),
     }
     return command, env

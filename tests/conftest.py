@@ -103,6 +103,11 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    """Settings for an app on this test's database, with a non-default secret."""
-    return Settings(database_url=database_url, secret_key=TEST_SECRET, base_url="http://testserver")
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    """Settings for an app on this test's database and journal directory, with a non-default secret."""
+    return Settings(
+        database_url=database_url,
+        secret_key=TEST_SECRET,
+        base_url="http://testserver",
+        journal_dir=tmp_path / "journal",
+    )

@@ -78,7 +78,7 @@ def serve_dashboard(
     settings = settings.model_copy(update={"base_url": base_url or url})
     app = wire_dashboard(create_app(settings, engine=engine))
     with serving(app, port=port):
-        yield LiveServer(url, engine, settings)
+        yield LiveServer(url, engine, settings, app)
 
 
 def make_manager(engine: Engine, tenant_id: int, email: str, password: str = PASSWORD) -> int:

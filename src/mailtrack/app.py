@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine, text
+from starlette.types import Receive, Scope, Send
 
 from mailtrack import __version__
 from mailtrack.analytics import routes as analytics_routes
@@ -34,8 +35,8 @@ from mailtrack.tracking import import_routes
 from mailtrack.tracking import routes as tracking_routes
 from mailtrack.tracking.fastpath import OPENAPI_PATHS, TrackingFastPath
 from mailtrack.tracking.hits import LinkCache, Tracking
+from mailtrack.tracking.journal import HitJournal
 from mailtrack.tracking.useragent import classify_user_agent
-from mailtrack.tracking.writer import IngestWriter
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +48,31 @@ def _warm_send_times(engine: Engine) -> None:
         log.exception("send-time warm-up failed")
 
 
+class MailtrackApp(FastAPI):
+    """The FastAPI application, with tracking hits answered before the framework's middleware stack."""
+
+    tracking_fast_path: TrackingFastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast_path = self.tracking_fast_path
+        if fast_path is not None and fast_path.handles(scope):
+            scope["app"] = self
+            await fast_path(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
     """Build the application for these settings (environment settings by default)."""
     settings = settings or get_settings()
     engine = engine or make_engine(settings.database_url)
 
-    writer = IngestWriter(
+    journal = HitJournal(
         engine,
+        settings.journal_dir,
+        fsync=settings.journal_fsync,
         batch_max=settings.ingest_batch_max,
-        queue_max=settings.ingest_queue_max,
-        linger_ms=settings.ingest_linger_ms,
+        max_bytes=settings.journal_max_bytes,
     )
 
     scheduler = MaintenanceScheduler(engine)
@@ -73,7 +89,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         classify_user_agent(
             "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36"
         )
-        await writer.start()
+        await journal.start()
         await scheduler.start()
         if outbox is not None:
             await outbox.start()
@@ -84,10 +100,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         if outbox is not None:
             await outbox.stop()
         await scheduler.stop()
-        await writer.stop()
+        await journal.stop()
         engine.dispose()
 
-    app = FastAPI(
+    app = MailtrackApp(
         title="Mailtrack",
         version=__version__,
         summary="Email tracking for a salon-booking platform.",
@@ -98,7 +114,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.tracking = Tracking(
         settings=settings,
         engine=engine,
-        writer=writer,
+        journal=journal,
         codec=TokenCodec(
             [
                 settings.secret_key.get_secret_value(),
@@ -107,8 +123,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         ),
         links=LinkCache(engine),
     )
-    app.add_middleware(TrackingFastPath)
-    app.add_middleware(SecurityMiddleware)  # added last: outermost, so it also wraps /o and /c
+    app.tracking_fast_path = TrackingFastPath(app.state.tracking)
+    app.add_middleware(SecurityMiddleware)
     app.state.maintenance = scheduler
     app.state.outbox = outbox
 

@@ -42,15 +42,21 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Addresses or CIDR ranges whose X-Forwarded-For header is believed (JSON list).",
     )
-    ingest_batch_max: int = Field(default=500, ge=1, le=100_000, description="Most events in one commit.")
-    ingest_queue_max: int = Field(
-        default=10_000, ge=1, description="Pending hits before tracking endpoints wait (back-pressure)."
+    journal_dir: Path = Field(
+        default=Path("./var/journal"),
+        description="Where tracking hits are journaled before the database has them (local disk).",
     )
-    ingest_linger_ms: float = Field(
-        default=0.0,
-        ge=0,
-        le=1000,
-        description="How long the writer waits to fill a batch once a hit arrives.",
+    journal_fsync: bool = Field(
+        default=False,
+        description="fdatasync the journal before answering a hit: survives power loss, not only crashes.",
+    )
+    journal_max_bytes: int = Field(
+        default=1 << 30,
+        ge=1 << 20,
+        description="Journal bytes waiting for the database beyond which hits are answered but not recorded.",
+    )
+    ingest_batch_max: int = Field(
+        default=5000, ge=1, le=100_000, description="Most journaled hits applied in one transaction."
     )
     log_level: str = Field(default="INFO", description="Python logging level name.")
 

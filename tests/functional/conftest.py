@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from mailtrack.app import create_app
@@ -21,6 +22,11 @@ class LiveServer:
     url: str
     engine: Engine
     settings: Settings
+    app: FastAPI
+
+    def settle(self) -> None:
+        """Wait until every hit answered so far is in the database (hits are journaled first)."""
+        self.app.state.tracking.journal.wait_until_applied()
 
     def client(self, **kwargs: object) -> httpx.Client:
         """An HTTP client bound to the server."""
@@ -33,5 +39,6 @@ def live_server(settings: Settings, engine: Engine) -> Iterator[LiveServer]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = settings.model_copy(update={"base_url": url})
-    with serving(create_app(settings, engine=engine), port=port):
-        yield LiveServer(url, engine, settings)
+    app = create_app(settings, engine=engine)
+    with serving(app, port=port):
+        yield LiveServer(url, engine, settings, app)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ def run(
     database_url: str, *args: str, stdin: str = "", secret: str | None = TEST_SECRET
 ) -> subprocess.CompletedProcess[str]:
     """Run `mailtrack ARGS` with this test's database."""
-    env = {**os.environ, "MAILTRACK_DATABASE_URL": database_url}
+    # A journal directory of its own: journals are adopted by whichever process finds them.
+    journal = tempfile.mkdtemp(prefix="mailtrack-journal-")
+    env = {**os.environ, "MAILTRACK_DATABASE_URL": database_url, "MAILTRACK_JOURNAL_DIR": journal}
     env.pop("MAILTRACK_SECRET_KEY", None)
     if secret is not None:
         env["MAILTRACK_SECRET_KEY"] = secret

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 from sqlalchemy import Engine, select
@@ -25,9 +26,14 @@ from tests.live import free_port
 
 
 @contextmanager
-def served(database_url: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def served(database_url: str, port: int, journal: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`mailtrack serve` as a real process, answering on the port."""
-    env = {**os.environ, "MAILTRACK_DATABASE_URL": database_url, "MAILTRACK_SECRET_KEY": TEST_SECRET}
+    env = {
+        **os.environ,
+        "MAILTRACK_DATABASE_URL": database_url,
+        "MAILTRACK_SECRET_KEY": TEST_SECRET,
+        "MAILTRACK_JOURNAL_DIR": str(journal),
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "mailtrack.cli", "serve", "--port", str(port)],
         env=env,
@@ -87,7 +93,7 @@ def test_every_acknowledged_hit_survives_kill_9(
                     with lock:
                         acknowledged.add(marker)
 
-    with served(database_url, port) as process:
+    with served(database_url, port, settings.journal_dir) as process:
         threads = [threading.Thread(target=hammer, args=(worker,)) for worker in range(8)]
         for thread in threads:
             thread.start()
@@ -101,9 +107,17 @@ def test_every_acknowledged_hit_survives_kill_9(
             thread.join(timeout=10)
     assert len(acknowledged) >= 300, "the load never got going"
 
-    # A restart recovers the database (WAL replay on both backends) before anything is read.
-    with served(database_url, port), engine.connect() as conn:
-        stored = set(conn.execute(select(events.c.referer).where(events.c.type == "opened")).scalars())
+    left_behind = [path.name for path in settings.journal_dir.iterdir()]
+    assert len(left_behind) == 1, "the killed process left its journal"
+
+    # The restarted server adopts the dead process's journal and applies what the database lacks.
+    with served(database_url, port, settings.journal_dir):
+        deadline = time.monotonic() + 120  # a hang watchdog, not a timing assertion
+        while (settings.journal_dir / left_behind[0]).exists():
+            assert time.monotonic() < deadline, "the restarted server did not adopt the old journal"
+            time.sleep(0.05)
+        with engine.connect() as conn:
+            stored = set(conn.execute(select(events.c.referer).where(events.c.type == "opened")).scalars())
     lost = acknowledged - stored
     assert not lost, (
         f"{len(lost)} of {len(acknowledged)} acknowledged hits were lost, e.g. {sorted(lost)[:3]}"

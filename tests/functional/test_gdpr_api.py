@@ -3,41 +3,25 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import Engine, func, select
-from starlette.routing import NoMatchFound
 
-from mailtrack.app import create_app
-from mailtrack.config import Settings
-from mailtrack.db import metadata
-from mailtrack.delivery.tables import quarantine
-from mailtrack.maintenance.routes import router as gdpr_router
 from mailtrack.messages.tables import customers
 from mailtrack.tracking.tables import events
 from tests.factories import make_api_key, make_tenant
-from tests.live import free_port, serving
+from tests.functional.conftest import LiveServer
 
 AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Thunderbird/115.6.0"
 HTML = '<p>Hi Anna, <a href="https://salon.example/book">book</a></p>'
 
 
 @pytest.fixture
-def server(settings: Settings, engine: Engine) -> Iterator[str]:
-    """The application with the GDPR routes, on a loopback port; yields its base URL."""
-    metadata.create_all(engine, tables=[quarantine])  # until its migration exists; no-op afterwards
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    app = create_app(settings.model_copy(update={"base_url": url}), engine=engine)
-    try:
-        app.url_path_for("erase_customer_data", customer_id="x")
-    except NoMatchFound:
-        app.include_router(gdpr_router)  # until app.py includes it
-    with serving(app, port=port):
-        yield url
+def server(live_server: LiveServer) -> str:
+    """The application's base URL on a loopback port."""
+    return live_server.url
 
 
 def api(url: str, key: str) -> httpx.Client:
@@ -70,7 +54,8 @@ def tracking_paths(html: str) -> tuple[str, str]:
     return pixel.group(1), click.group(1)
 
 
-def test_export_then_erase_then_old_links_still_redirect(server: str, engine: Engine) -> None:
+def test_export_then_erase_then_old_links_still_redirect(live_server: LiveServer, engine: Engine) -> None:
+    server = live_server.url
     tenant = make_tenant(engine)
     key, other_key = make_api_key(engine, tenant.id), make_api_key(engine, make_tenant(engine).id)
     with api(server, key) as client, httpx.Client(base_url=server, timeout=10) as reader:
@@ -78,6 +63,7 @@ def test_export_then_erase_then_old_links_still_redirect(server: str, engine: En
         assert reader.get(pixel, headers={"User-Agent": AGENT}).status_code == 200
         opened = reader.get(click, headers={"User-Agent": AGENT}, follow_redirects=False)
         assert (opened.status_code, opened.headers["location"]) == (302, "https://salon.example/book")
+        live_server.settle()
 
         export = client.get("/api/v1/customers/anna-1/export")
         assert export.status_code == 200
@@ -102,6 +88,7 @@ def test_export_then_erase_then_old_links_still_redirect(server: str, engine: En
         again = reader.get(click, headers={"User-Agent": AGENT}, follow_redirects=False)
         assert (again.status_code, again.headers["location"]) == (302, "https://salon.example/book")
         assert reader.get(pixel, headers={"User-Agent": AGENT}).status_code == 200
+        live_server.settle()
 
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(events)).scalar_one() == 0, "nothing recorded"

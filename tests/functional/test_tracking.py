@@ -91,6 +91,7 @@ def test_marketing_mail_is_instrumented_and_hits_are_recorded(
         assert click.status_code == 302
         assert click.headers["location"] == "https://salon.example/book?utm=nl"
 
+    live_server.settle()
     with live_server.engine.connect() as conn:
         rows = conn.execute(
             select(events.c.type, events.c.client, events.c.device, events.c.machine).order_by(events.c.id)
@@ -146,6 +147,7 @@ def test_dnt_and_gpc_record_nothing_but_still_redirect(
         client.get(paths(first["html"], "o")[0], headers={"User-Agent": IPHONE_MAIL})
     later = register(live_server, key, message_id="b")
     assert later["tracked"] is False, "later mail to a do-not-track customer is not instrumented"
+    live_server.settle()
     with live_server.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(events)).scalar_one() == 0
         assert conn.execute(select(customers.c.do_not_track)).scalar_one() is True
@@ -165,6 +167,7 @@ def test_broken_tokens(live_server: LiveServer, salon: tuple[int, str]) -> None:
             answer = client.get(bad)
             assert answer.status_code == 404, bad
             assert "location" not in answer.headers
+        live_server.settle()
         with live_server.engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(events)).scalar_one() == 0
         # A URL in the query string is never a redirect target: the stored URL is.
@@ -178,6 +181,7 @@ def test_another_salons_token_is_checked_against_its_message(
 ) -> None:
     _, key = salon
     message = register(live_server, key)
+    live_server.settle()
     with live_server.engine.connect() as conn:
         row = conn.execute(select(messages.c.id, messages.c.tenant_id)).one()
     codec = live_server_codec(live_server)
@@ -190,6 +194,7 @@ def test_another_salons_token_is_checked_against_its_message(
             ).status_code
             == 200
         )
+    live_server.settle()
     with live_server.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(events)).scalar_one() == 0
     assert message["tracked"]
@@ -213,6 +218,7 @@ def test_unsubscribe_get_shows_a_page_and_post_unsubscribes_once(
         page = client.get(target)
         assert page.status_code == 200
         assert "<form" in page.text
+        live_server.settle()
         with live_server.engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(events)).scalar_one() == 0
         for _ in range(2):
@@ -223,6 +229,7 @@ def test_unsubscribe_get_shows_a_page_and_post_unsubscribes_once(
             )
             assert done.status_code == 200
         assert client.post(target[:-3] + "xyz").status_code == 404
+    live_server.settle()
     with live_server.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(events)).scalar_one() == 1
         person = conn.execute(select(customers.c.unsubscribed_at, customers.c.suppression_reason)).one()
@@ -236,6 +243,7 @@ def test_head_requests_are_machine_clicks(live_server: LiveServer, salon: tuple[
     with live_server.client() as client:
         answer = client.head(paths(message["html"], "c")[0], headers={"User-Agent": IPHONE_MAIL})
     assert answer.status_code == 302
+    live_server.settle()
     with live_server.engine.connect() as conn:
         row = conn.execute(select(events.c.machine, events.c.machine_reason)).one()
         assert conn.execute(select(func.count()).select_from(links)).scalar_one() == 1

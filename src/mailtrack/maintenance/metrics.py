@@ -165,7 +165,7 @@ HITS = REGISTRY.counter(
     "mailtrack_hits_total", "Tracking requests answered, by type (open, click).", ("type",)
 )
 INGESTED = REGISTRY.counter(
-    "mailtrack_ingested_events_total", "Events committed by the ingest writer, by event type.", ("type",)
+    "mailtrack_ingested_events_total", "Events applied from the hit journal, by event type.", ("type",)
 )
 BATCH_SIZE = REGISTRY.histogram(
     "mailtrack_ingest_batch_size",
@@ -203,7 +203,7 @@ GDPR_REQUESTS = REGISTRY.counter(
 
 
 def observe_batch(events: Sequence[EventIn], seconds: float) -> None:
-    """Count one committed group commit (called by the ingest writer)."""
+    """Count one applied batch of hits (called by the journal applier)."""
     BATCH_SIZE.observe(len(events))
     BATCH_SECONDS.observe(seconds)
     for kind, count in _Tally(event.type for event in events).items():
@@ -228,8 +228,8 @@ def render_metrics(state: Any) -> str:
     """The whole exposition: the registry plus values read from the running app's state."""
     lines = REGISTRY.render()
     tracking = getattr(state, "tracking", None)
-    writer = getattr(tracking, "writer", None)
-    stats = getattr(writer, "stats", None)
+    journal = getattr(tracking, "journal", None)
+    stats = getattr(journal, "stats", None)
     lines += _scraped(
         "mailtrack_rejected_tokens_total",
         "counter",
@@ -239,17 +239,32 @@ def render_metrics(state: Any) -> str:
     lines += _scraped(
         "mailtrack_ingest_queue_depth",
         "gauge",
-        "Hits waiting for the ingest writer.",
-        getattr(writer, "depth", None),
+        "Hits journaled but not yet applied to the database.",
+        getattr(journal, "pending", None),
     )
     lines += _scraped(
-        "mailtrack_ingest_batches_total", "counter", "Group commits written.", getattr(stats, "batches", None)
+        "mailtrack_ingest_batches_total",
+        "counter",
+        "Journal batches applied.",
+        getattr(stats, "batches", None),
     )
     lines += _scraped(
         "mailtrack_ingest_failed_events_total",
         "counter",
-        "Events the writer could not store (after retrying one by one).",
-        getattr(stats, "failed_events", None),
+        "Journaled hits the database refused (logged and skipped).",
+        getattr(stats, "refused", None),
+    )
+    lines += _scraped(
+        "mailtrack_journal_dropped_total",
+        "counter",
+        "Hits answered but not recorded because the journal was full (database down too long).",
+        getattr(stats, "dropped", None),
+    )
+    lines += _scraped(
+        "mailtrack_journal_adopted_total",
+        "counter",
+        "Hits applied from journals that crashed processes left behind.",
+        getattr(stats, "adopted", None),
     )
     lines += _scraped("process_resident_memory_bytes", "gauge", "Resident memory size.", _rss_bytes())
     lines += _scraped("mailtrack_scrape_timestamp_seconds", "gauge", "Unix time of this scrape.", time.time())

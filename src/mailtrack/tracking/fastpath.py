@@ -1,16 +1,18 @@
-"""`/o` and `/c` as raw ASGI, in front of the framework: they are nearly all of the traffic.
+"""`/o` and `/c` as raw ASGI, answered before the framework: they are nearly all of the traffic.
 
-A framework route costs several times the work of the hit itself (routing, validation, response
-classes); answering here keeps the pixel and the redirect fast. Everything else goes on to the app.
+The framework's stack (its error and telemetry middleware, routing, validation, response classes) costs
+several times the work of the hit itself, so the application hands these two paths straight to
+`TrackingFastPath` (see `MailtrackApp` in app.py), which adds the security headers itself.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from mailtrack.maintenance.metrics import HITS
+from mailtrack.maintenance.security import SECURITY_HEADERS, TRACKING_PREFIXES
 from mailtrack.messages.tokens import TokenKind
 from mailtrack.tracking.hits import NO_CACHE, PIXEL_GIF, Hit, Tracking, page, record
 
@@ -18,12 +20,20 @@ _PIXEL_HEADERS = [
     (b"content-type", b"image/gif"),
     (b"content-length", str(len(PIXEL_GIF)).encode()),
     *((name.lower().encode(), value.encode()) for name, value in NO_CACHE.items()),
+    *SECURITY_HEADERS,
 ]
 _NOT_FOUND = page("Link not found", "This link is not valid or has expired.").encode()
 _NOT_FOUND_HEADERS = [
     (b"content-type", b"text/html; charset=utf-8"),
     (b"content-length", str(len(_NOT_FOUND)).encode()),
     (b"cache-control", b"no-store"),
+    *SECURITY_HEADERS,
+]
+_REDIRECT_HEADERS = [
+    (b"cache-control", b"no-store"),
+    (b"referrer-policy", b"origin"),
+    (b"content-length", b"0"),
+    *((name, value) for name, value in SECURITY_HEADERS if name != b"referrer-policy"),
 ]
 _WANTED = {b"user-agent", b"referer", b"dnt", b"sec-gpc", b"x-forwarded-for"}
 
@@ -44,21 +54,26 @@ async def _respond(
 
 
 class TrackingFastPath:
-    """ASGI middleware answering the open pixel and click redirects."""
+    """Answers the open pixel and click redirects, given the running application's `Tracking`."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, tracking: Tracking) -> None:
+        self.tracking = tracking
+
+    @staticmethod
+    def handles(scope: Scope) -> bool:
+        """True for the requests this handler answers: GET or HEAD of `/o/…` and `/c/…`."""
+        return (
+            scope["type"] == "http"
+            and scope["method"] in ("GET", "HEAD")
+            and scope["path"].startswith(TRACKING_PREFIXES)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
-            path: str = scope["path"]
-            if path.startswith("/o/"):
-                await self._open(scope["app"].state.tracking, scope, send, path[3:])
-                return
-            if path.startswith("/c/"):
-                await self._click(scope["app"].state.tracking, scope, send, path[3:])
-                return
-        await self.app(scope, receive, send)
+        path: str = scope["path"]
+        if path.startswith("/o/"):
+            await self._open(self.tracking, scope, send, path[3:])
+        else:
+            await self._click(self.tracking, scope, send, path[3:])
 
     async def _open(self, tracking: Tracking, scope: Scope, send: Send, text: str) -> None:
         HITS.inc("open")
@@ -78,13 +93,9 @@ class TrackingFastPath:
             await _respond(send, 404, _NOT_FOUND_HEADERS, _NOT_FOUND, scope["method"])
             return
         await record(tracking, _hit(scope), token, "clicked")
-        headers = [
-            (b"location", url.encode("utf-8")),
-            (b"cache-control", b"no-store"),
-            (b"referrer-policy", b"origin"),
-            (b"content-length", b"0"),
-        ]
-        await _respond(send, 302, headers, b"", scope["method"])
+        await _respond(
+            send, 302, [(b"location", url.encode("utf-8")), *_REDIRECT_HEADERS], b"", scope["method"]
+        )
 
 
 OPENAPI_PATHS: dict[str, Any] = {

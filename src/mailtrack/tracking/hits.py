@@ -14,12 +14,12 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from mailtrack.config import Settings
-from mailtrack.db import utcnow, write_transaction
-from mailtrack.messages.queries import link_url, mark_do_not_track
+from mailtrack.db import utcnow
+from mailtrack.messages.queries import link_url
 from mailtrack.messages.tokens import TokenCodec, TrackingToken
 from mailtrack.tracking.ingest import EventIn
 from mailtrack.tracking.ipaddr import client_ip
-from mailtrack.tracking.writer import IngestWriter
+from mailtrack.tracking.journal import DO_NOT_TRACK, HitJournal
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Tracking:
 
     settings: Settings
     engine: Engine
-    writer: IngestWriter
+    journal: HitJournal
     codec: TokenCodec
     links: LinkCache
     rejected_tokens: int = 0
@@ -80,22 +80,17 @@ def event_for(tracking: Tracking, hit: Hit, token: TrackingToken, kind: str) -> 
 
 
 async def record(tracking: Tracking, hit: Hit, token: TrackingToken, kind: str) -> None:
-    """Store an open or click once it is durable; a DNT/GPC hit only marks the customer do-not-track.
+    """Journal an open or click (returns once durable); a DNT/GPC hit only marks the customer do-not-track.
 
-    Never raises: the pixel must render and the reader must reach the link whatever the database did.
+    Never raises: the pixel must render and the reader must reach the link whatever happened.
     """
     try:
-        if privacy_signal(hit):
-            await run_in_threadpool(_remember_do_not_track, tracking.engine, token)
-        else:
-            await tracking.writer.submit(event_for(tracking, hit, token, kind))
+        event = event_for(tracking, hit, token, kind)
+        if privacy_signal(hit):  # record nothing about the hit itself, not even its address
+            event = EventIn(event.tenant_id, event.message_id, DO_NOT_TRACK, event.occurred_at)
+        await tracking.journal.append(event)
     except Exception:
         log.exception("%s of message %s not recorded", kind, token.message_id)
-
-
-def _remember_do_not_track(engine: Engine, token: TrackingToken) -> None:
-    with write_transaction(engine) as conn:
-        mark_do_not_track(conn, tenant_id=token.tenant_id, message_id=token.message_id)
 
 
 class LinkCache:

@@ -49,7 +49,7 @@ async def unsubscribe(request: Request, token: TokenText) -> HTMLResponse:
     )
     event = event_for(tracking, hit, decoded, "unsubscribed")
     event.external_event_id = f"unsubscribe:{decoded.message_id}"  # one unsubscribe per message
-    await tracking.writer.submit(event)
+    await tracking.journal.append(event, until_applied=True)  # suppressed before we say so
     return HTMLResponse(
         page("Unsubscribed", "You will not receive marketing email from this salon any more.")
     )
