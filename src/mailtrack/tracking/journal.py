@@ -23,9 +23,7 @@ segments `00000001.log`, `00000002.log`, …; an applied segment is deleted, the
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import fcntl
-import json
 import logging
 import os
 import secrets
@@ -33,34 +31,38 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, delete, insert, select, text, update
+from sqlalchemy import Engine, select
 
-from mailtrack.db import utcnow, write_transaction
-from mailtrack.maintenance import metrics
-from mailtrack.messages.queries import mark_do_not_track
-from mailtrack.tracking.ingest import EventIn, ingest_batch
+from mailtrack.db import write_transaction
+from mailtrack.tracking.ingest import EventIn
+from mailtrack.tracking.journal_records import (
+    DO_NOT_TRACK,
+    JournalStats,
+    Position,
+    SegmentApplier,
+    encode,
+    remove_files,
+    remove_journal,
+    save_position,
+    segment_path,
+)
 from mailtrack.tracking.tables import journal_progress
+
+__all__ = ["DO_NOT_TRACK", "HitJournal", "JournalFullError", "JournalStats", "JournalStoppedError"]
 
 log = logging.getLogger(__name__)
 
-DO_NOT_TRACK = "do_not_track"  # a record that marks the customer do-not-track instead of storing an event
 SEGMENT_BYTES = 64 * 1024 * 1024
-_READ_BYTES = 4 * 1024 * 1024  # lines are at most a few KiB (agents and referers are truncated)
 _ADOPT_INTERVAL_SECONDS = 60.0
-_RETRY_MAX_SECONDS = 5.0
 _LOCK_FILE = "lock"
 SWITCH_INTERVAL = 0.0005
 # After a batch smaller than the maximum the applier is ahead of the hits: it gives the next batch this
 # long to fill, so that under load a transaction carries hundreds of hits rather than a handful (the
 # fixed cost per transaction dominated otherwise). It is also the most a hit waits for the database.
 APPLY_LINGER_SECONDS = 0.05
-
-Position = tuple[int, int]  # segment number, byte offset
 
 
 class JournalFullError(RuntimeError):
@@ -75,104 +77,6 @@ class RecordRefusedError(RuntimeError):
     """The database refused this record (it was logged and skipped)."""
 
 
-@dataclass(slots=True)
-class JournalStats:
-    """Counters for /metrics and tests."""
-
-    appended: int = 0  # records made durable in this process's journal
-    applied: int = 0  # of those, records the applier has finished (stored or refused)
-    refused: int = 0  # records the database refused, logged and skipped
-    dropped: int = 0  # hits not journaled because the journal was full
-    adopted: int = 0  # records applied from journals left by crashed processes
-    batches: int = 0
-    last_batch_size: int = 0
-    last_batch_seconds: float = 0.0
-
-
-def encode(event: EventIn) -> bytes:
-    """One journal line for an event (or a do-not-track mark)."""
-    fields = [
-        event.tenant_id,
-        event.message_id,
-        event.type,
-        int(event.occurred_at.timestamp()),
-        event.user_agent,
-        event.ip,
-        event.referer,
-        event.link_position,
-        event.machine_reason,
-        event.external_event_id,
-    ]
-    return json.dumps(fields, separators=(",", ":")).encode("ascii") + b"\n"
-
-
-def decode(line: bytes) -> EventIn:
-    """The event a journal line holds; raises ValueError for a line that is not one."""
-    try:
-        tenant, message, kind, seconds, agent, ip, referer, position, reason, external = json.loads(line)
-        texts = (agent, ip, referer, reason, external)
-        if not (
-            isinstance(kind, str)
-            and all(isinstance(value, int) for value in (tenant, message, seconds))
-            and all(value is None or isinstance(value, str) for value in texts)
-            and (position is None or isinstance(position, int))
-        ):
-            raise TypeError("a field has the wrong type")
-        return EventIn(
-            tenant_id=tenant,
-            message_id=message,
-            type=kind,
-            occurred_at=dt.datetime.fromtimestamp(seconds, dt.UTC),
-            user_agent=agent,
-            ip=ip,
-            referer=referer,
-            link_position=position,
-            machine_reason=reason,
-            external_event_id=external,
-        )
-    except (TypeError, ValueError, OverflowError, OSError) as exc:
-        raise ValueError(f"not a journal record: {exc}") from None
-
-
-def apply_records(engine: Engine, journal: str, records: list[EventIn], end: Position) -> None:
-    """Write records and the journal's new position in one transaction (marks and events in order)."""
-    with write_transaction(engine) as conn:
-        pending: list[EventIn] = []
-        for record in records:
-            if record.type == DO_NOT_TRACK:
-                ingest_batch(conn, pending)
-                pending = []
-                mark_do_not_track(conn, tenant_id=record.tenant_id, message_id=record.message_id)
-            else:
-                pending.append(record)
-        ingest_batch(conn, pending)
-        _save_position(conn, journal, end)
-
-
-def _save_position(conn: Connection, journal: str, end: Position) -> None:
-    values = {"segment": end[0], "position": end[1], "updated_at": utcnow()}
-    moved = conn.execute(update(journal_progress).where(journal_progress.c.journal == journal).values(values))
-    if moved.rowcount == 0:
-        conn.execute(insert(journal_progress).values(journal=journal, **values))
-
-
-def _segment_path(directory: Path, segment: int) -> Path:
-    return directory / f"{segment:08d}.log"
-
-
-def _read_lines(path: Path, offset: int, end: int | None, limit: int) -> tuple[list[bytes], int]:
-    """Whole lines from `offset` (up to `end`, else the file's end), at most `limit`; and where they stop."""
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        data = handle.read(_READ_BYTES if end is None else min(_READ_BYTES, end - offset))
-    whole = data[: data.rfind(b"\n") + 1]  # a torn last line was never acknowledged: leave it
-    lines = whole.split(b"\n")[:-1]
-    if len(lines) > limit:
-        lines = lines[:limit]
-        return lines, offset + sum(len(line) + 1 for line in lines)
-    return lines, offset + len(whole)
-
-
 def _try_lock(directory: Path) -> int | None:
     """An open descriptor holding the journal's lock, or None when a live process holds it."""
     descriptor = os.open(directory / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
@@ -182,97 +86,6 @@ def _try_lock(directory: Path) -> int | None:
         os.close(descriptor)
         return None
     return descriptor
-
-
-def _database_answers(engine: Engine) -> bool:
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception:  # noqa: BLE001  (any driver error means "not reachable")
-        return False
-    return True
-
-
-def _describe(exc: BaseException) -> str:
-    # Driver messages can quote parameters (addresses, agents): name the error, not its text.
-    cause = exc.__cause__ or getattr(exc, "orig", None)
-    return type(exc).__name__ + (f" ({type(cause).__name__})" if cause is not None else "")
-
-
-class _Applier:
-    """Applies one journal from a committed position, batch by batch, isolating a refused record."""
-
-    def __init__(self, journal: HitJournal, name: str, directory: Path, position: Position) -> None:
-        self.journal, self.name, self.directory = journal, name, directory
-        self.position = position
-        self._careful = 0  # after a refused batch, this many records go one by one
-        self.ahead = False  # the last batch took everything there was: the next may wait to fill
-
-    def step(self, written: Position | None, on_done: Callable[[int, bool], None]) -> bool | None:
-        """Apply the next batch up to `written` (None: to the end of every segment).
-
-        True when something was applied, False when caught up, None when the database stayed
-        unreachable while the journal was stopping (the rest waits for the next start).
-        """
-        segment, offset = self.position
-        path = _segment_path(self.directory, segment)
-        last_segment = written is not None and segment == written[0]
-        limit = 1 if self._careful else self.journal.batch_max
-        lines, end = (
-            _read_lines(path, offset, written[1] if last_segment and written else None, limit)
-            if path.exists()
-            else ([], offset)
-        )
-        if not lines:
-            if last_segment or not self._later_segment_exists(segment):
-                return False
-            path.unlink(missing_ok=True)
-            self.position = (segment + 1, 0)
-            return True
-        return self._commit(lines, (segment, end), on_done)
-
-    def _later_segment_exists(self, segment: int) -> bool:
-        return any(int(p.stem) > segment for p in self.directory.glob("*.log") if p.stem.isdigit())
-
-    def _commit(self, lines: list[bytes], end: Position, on_done: Callable[[int, bool], None]) -> bool | None:
-        engine, delay = self.journal.engine, 0.1
-        while True:
-            started = time.perf_counter()
-            try:
-                records = [decode(line) for line in lines]
-                apply_records(engine, self.name, records, end)
-            except Exception as exc:  # noqa: BLE001  (driver errors and bad records are told apart below)
-                if not _database_answers(engine):
-                    if self.journal.stopping:
-                        return None
-                    log.warning("journal %s: database unreachable (%s), retrying", self.name, _describe(exc))
-                    time.sleep(delay)
-                    delay = min(delay * 2, _RETRY_MAX_SECONDS)
-                    continue
-                if len(lines) > 1:
-                    log.warning(
-                        "journal %s: a batch of %d was refused; going one by one", self.name, len(lines)
-                    )
-                    self._careful = len(lines)
-                    return True
-                log.error("journal %s: skipped a record the database refused: %s", self.name, _describe(exc))
-                with write_transaction(engine) as conn:
-                    _save_position(conn, self.name, end)
-                self._careful = max(self._careful - 1, 0)
-                self.position = end
-                on_done(1, False)
-                return True
-            self._careful = max(self._careful - len(lines), 0)
-            self.position, self.ahead = end, len(lines) < self.journal.batch_max and not self._careful
-            metrics.observe_batch(
-                [r for r in records if r.type != DO_NOT_TRACK], time.perf_counter() - started
-            )
-            stats = self.journal.stats
-            stats.batches += 1
-            stats.last_batch_size = len(lines)
-            stats.last_batch_seconds = time.perf_counter() - started
-            on_done(len(lines), True)
-            return True
 
 
 class HitJournal:
@@ -388,7 +201,7 @@ class HitJournal:
 
     def _open_segment(self, segment: int) -> int:
         descriptor = os.open(
-            _segment_path(self.directory, segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+            segment_path(self.directory, segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
         )
         if self._fsync:  # the new file's directory entry must survive a power cut too
             directory = os.open(self.directory, os.O_RDONLY)
@@ -464,14 +277,25 @@ class HitJournal:
 
     # --- the applier thread ----------------------------------------------------------------------------
 
+    def _segment_applier(self, name: str, directory: Path, position: Position) -> SegmentApplier:
+        return SegmentApplier(
+            self.engine,
+            name,
+            directory,
+            position,
+            batch_max=self.batch_max,
+            stats=self.stats,
+            stopping=lambda: self.stopping,
+        )
+
     def _register(self) -> None:
         with write_transaction(self.engine) as conn:
-            _save_position(conn, self.name, (1, 0))
+            save_position(conn, self.name, (1, 0))
 
     def _apply_loop(self) -> None:
         self._adopt_orphans()
         next_adoption = time.monotonic() + _ADOPT_INTERVAL_SECONDS
-        own = _Applier(self, self.name, self.directory, (1, 0))
+        own = self._segment_applier(self.name, self.directory, (1, 0))
         while True:
             self._wake_applier.clear()
             with self._cond:
@@ -544,9 +368,9 @@ class HitJournal:
             # Every journal is registered before its first hit, so one this database never saw belongs
             # to another database sharing the directory (or died before its first hit): not ours to apply.
             if not any(path.stat().st_size for path in directory.glob("*.log")):
-                _remove_files(directory)
+                remove_files(directory)
             return
-        applier = _Applier(self, directory.name, directory, (row[0], row[1]))
+        applier = self._segment_applier(directory.name, directory, (row[0], row[1]))
 
         def counted(count: int, _stored: bool) -> None:
             self.stats.adopted += count
@@ -562,10 +386,10 @@ class HitJournal:
             directory.name,
             self.stats.adopted,
         )
-        _remove_journal(self.engine, directory)
+        remove_journal(self.engine, directory)
 
     def _remove(self) -> None:
-        _remove_journal(self.engine, self.directory)
+        remove_journal(self.engine, self.directory)
         self._close()
 
     def _close(self) -> None:
@@ -592,16 +416,3 @@ def _release(due: list[tuple[int, asyncio.Future[None]]], stored: bool) -> None:
                 future.set_result(None)
             else:
                 future.set_exception(RecordRefusedError("the database refused this record"))
-
-
-def _remove_journal(engine: Engine, directory: Path) -> None:
-    """Forget a fully applied journal: its progress row, its files, its directory."""
-    with write_transaction(engine) as conn:
-        conn.execute(delete(journal_progress).where(journal_progress.c.journal == directory.name))
-    _remove_files(directory)
-
-
-def _remove_files(directory: Path) -> None:
-    for path in directory.iterdir():
-        path.unlink(missing_ok=True)
-    directory.rmdir()

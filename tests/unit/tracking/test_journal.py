@@ -16,15 +16,10 @@ from sqlalchemy import Engine, func, select
 from mailtrack.db import write_transaction
 from mailtrack.messages.tables import customers
 from mailtrack.tracking.ingest import EventIn
-from mailtrack.tracking.journal import (
-    DO_NOT_TRACK,
-    HitJournal,
-    JournalFullError,
-    _save_position,
-    decode,
-    encode,
-)
+from mailtrack.tracking.journal import DO_NOT_TRACK, HitJournal, JournalFullError
+from mailtrack.tracking.journal_records import decode, encode, save_position
 from mailtrack.tracking.tables import events, journal_progress
+from tests.conftest import _pg_admin
 from tests.factories import make_customer, make_message, make_tenant
 
 SENT = dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC)
@@ -160,7 +155,7 @@ def test_a_crashed_processs_journal_is_applied_from_where_it_stopped(engine: Eng
     lines = [encode(hit(tenant_id, message_id, n)) for n in range(3)]
     directory = orphan(tmp_path, "host-1-dead", [*lines, lines[0][:20]])  # a torn last line
     with write_transaction(engine) as conn:
-        _save_position(conn, directory.name, (1, len(lines[0])))  # the first was applied before the crash
+        save_position(conn, directory.name, (1, len(lines[0])))  # the first was applied before the crash
 
     async def body(journal: HitJournal) -> None:
         await asyncio.to_thread(_wait_for, lambda: not directory.exists())
@@ -193,7 +188,7 @@ def test_a_record_the_database_refuses_is_skipped_and_the_rest_stored(engine: En
         tmp_path, "host-4-dead", [good[0], good[1], b'["not", "a record"]\n', good[2], good[3]]
     )
     with write_transaction(engine) as conn:
-        _save_position(conn, directory.name, (1, 0))
+        save_position(conn, directory.name, (1, 0))
 
     journal = HitJournal(engine, tmp_path)
 
@@ -223,3 +218,27 @@ def _wait_for(condition: Callable[[], bool]) -> None:
     while not condition():
         assert time.monotonic() < deadline, "the journal never got there"
         time.sleep(0.01)
+
+
+def test_hits_answered_during_a_database_outage_are_stored_once_it_returns(
+    engine: Engine, tmp_path: Path
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("an outage is simulated by refusing connections to the PostgreSQL database")
+    tenant_id, _, message_id = salon_message(engine)
+    database = engine.url.database
+    pending: list[int] = []
+
+    async def body(journal: HitJournal) -> None:
+        _pg_admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        _pg_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'")
+        try:
+            await asyncio.gather(*(journal.append(hit(tenant_id, message_id, n)) for n in range(20)))
+            pending.append(journal.pending)
+        finally:
+            _pg_admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        await asyncio.to_thread(journal.wait_until_applied)
+
+    run_journal(HitJournal(engine, tmp_path), body)
+    assert pending == [20], "answered while the database was down"
+    assert len(stored_referers(engine)) == 20
