@@ -10,6 +10,14 @@ real seeder, so ingest keeps its rollups; then, in the same run, time
     same database, and by the same SQL in DuckDB over a copy of the same rows (loaded untimed);
 and check that all of them give identical figures (exit status 1 and the differences if not).
 
+Compared: cards, previous cards and change, counts, engagement buckets, top engaged, top links, devices,
+clients and recent events. Not recomputed: `best_send_time`, a model fitted from the rollups rather than
+a figure a scan could count (the first call fits it, as `serve` does at startup; later calls reuse it
+for five minutes, as in production), and `period`/`previous_period`, which echo the request. The
+in-process calls and the scans run with the clock at the end of the history (time-machine), so the
+90-day score window is the same for all; the HTTP server runs on today's clock, so only the period
+figures are compared with it.
+
 Building 10M events takes 10–25 minutes per backend, so the salon is cached between runs (SQLite:
 bench/.cache/, PostgreSQL: database mailtrack_bench_dashboard_<events>), keyed by the parameters and
 the generator's source; `--rebuild` forces a new one.
