@@ -230,3 +230,10 @@ def test_validly_signed_but_malformed_bodies_are_rejected() -> None:
     for name, body in malformed.items():
         assert CODEC.decode(b64(sign(body))) is None, name
         assert CODEC.decode_verp(base64.b32encode(sign(body)).decode().rstrip("=").lower()) is None, name
+
+
+@given(secret=st.text(min_size=1, max_size=100), body=st.binary(max_size=64))
+def test_the_precomputed_mac_is_hmac_sha256(secret: str, body: bytes) -> None:
+    codec = TokenCodec([secret])
+    key = hmac.new(secret.encode(), b"mailtrack-token-v1", hashlib.sha256).digest()
+    assert codec._mac(0, body) == hmac.new(key, body, hashlib.sha256).digest()[:12]
