@@ -34,11 +34,16 @@ def maintain_command(
                 print(f"salon {salon.tenant_id}: skipped (another run holds it)")
             else:
                 print(f"salon {salon.tenant_id}: FAILED ({salon.error})")
+        parts = report.partitions
+        if parts.status != "not_partitioned":
+            failed = f", FAILED ({parts.error})" if parts.status == "failed" else ""
+            dropped = f"{parts.dropped} dropped ({parts.events_dropped} events)"
+            print(f"partitions: {dropped}, {parts.created} created{failed}")
         totals = report.totals()
         print(
             f"total: {totals['events_deleted']} events deleted, {totals['ips_anonymized']} IPs anonymized, "
             f"{totals['rollup_rows_deleted']} rollup rows deleted in {report.seconds:.2f}s"
         )
     if report.failed:
-        stderr.print("[bold red]some salons failed[/]; the next run resumes where they stopped")
+        stderr.print("[bold red]some steps failed[/]; the next run resumes where they stopped")
         raise typer.Exit(1)

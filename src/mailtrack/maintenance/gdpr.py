@@ -23,6 +23,7 @@ from sqlalchemy import ColumnElement, Connection, and_, bindparam, delete, false
 from mailtrack.analytics.tables import customer_open_hours
 from mailtrack.delivery.outbox import cancel_pending
 from mailtrack.delivery.tables import quarantine
+from mailtrack.maintenance.partitions import forget_customer_external_ids
 from mailtrack.messages.queries import ERASED_PREFIX
 from mailtrack.messages.tables import campaigns, customers, links, messages
 from mailtrack.tenants.queries import get_settings
@@ -300,6 +301,8 @@ def erase_customer(conn: Connection, *, tenant_id: int, external_id: str) -> Era
     key = find_customer_key(conn, tenant_id=tenant_id, external_id=external_id)
     if key is None:
         return None
+    # The ids first, while the events still tell which ids were theirs.
+    forget_customer_external_ids(conn, tenant_id=tenant_id, customer_id=key)
     deleted_events = conn.execute(
         delete(events).where(events.c.tenant_id == tenant_id, events.c.customer_id == key)
     ).rowcount

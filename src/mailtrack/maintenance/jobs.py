@@ -2,6 +2,9 @@
 
 Per salon: delete raw events older than `retention_days`, truncate stored addresses older than
 `ip_anonymize_days` (IPv4 /24, IPv6 /48), delete rollup rows older than `rollup_retention_months`.
+On PostgreSQL a run first drops the time partitions of `events` that expired for every salon and
+creates the next ones (partitions.py); the salons at the longest retention then leave their expired
+rows to their partition, and only the others delete rows.
 Each chunk is its own transaction, and what a chunk selects is exactly what is still to do, so a run
 that dies half-way has committed its finished chunks and the next run simply carries on.
 
@@ -27,13 +30,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, delete, select, text, update
+from sqlalchemy import Connection, Engine, Table, bindparam, delete, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailtrack.analytics.tables import rollup_links, rollup_messages, rollup_open_delays, rollup_opens
 from mailtrack.db import utcnow, write_transaction
 from mailtrack.maintenance import metrics
+from mailtrack.maintenance.partitions import (
+    Partition,
+    PartitionReport,
+    delete_external_ids_chunk,
+    keeps_external_ids,
+    list_partitions,
+    longest_retention,
+    maintain_partitions,
+    retention_floor,
+)
 from mailtrack.maintenance.tables import IP_PENDING_PREDICATE, maintenance_leases
 from mailtrack.tenants.queries import TenantSettings, get_settings
 from mailtrack.tenants.tables import tenants
@@ -77,12 +90,13 @@ class MaintenanceReport:
     now: dt.datetime
     holder: str
     salons: list[SalonReport] = field(default_factory=list)
+    partitions: PartitionReport = field(default_factory=PartitionReport)
     seconds: float = 0.0
 
     @property
     def failed(self) -> bool:
-        """True when at least one salon failed."""
-        return any(salon.status == "failed" for salon in self.salons)
+        """True when at least one salon, or the partition step, failed."""
+        return self.partitions.status == "failed" or any(salon.status == "failed" for salon in self.salons)
 
     def totals(self) -> dict[str, int]:
         """Rows changed and salons by outcome, over the whole run."""
@@ -90,6 +104,9 @@ class MaintenanceReport:
             "events_deleted": sum(s.events_deleted for s in self.salons),
             "ips_anonymized": sum(s.ips_anonymized for s in self.salons),
             "rollup_rows_deleted": sum(s.rollup_rows_deleted for s in self.salons),
+            "events_dropped": self.partitions.events_dropped,
+            "partitions_dropped": self.partitions.dropped,
+            "partitions_created": self.partitions.created,
             "salons_done": sum(s.status == "done" for s in self.salons),
             "salons_skipped": sum(s.status == "skipped" for s in self.salons),
             "salons_failed": sum(s.status == "failed" for s in self.salons),
@@ -101,6 +118,7 @@ class MaintenanceReport:
             "now": self.now.isoformat(),
             "seconds": round(self.seconds, 3),
             **self.totals(),
+            "partitions": {**asdict(self.partitions), "seconds": round(self.partitions.seconds, 3)},
             "salons": [{**asdict(s), "seconds": round(s.seconds, 3)} for s in self.salons],
         }
 
@@ -182,20 +200,34 @@ def months_before(moment: dt.datetime, months: int) -> dt.datetime:
 
 def delete_events_chunk(conn: Connection, *, tenant_id: int, before: dt.datetime, limit: int) -> int:
     """Delete up to `limit` of the salon's oldest events that occurred before `before`."""
-    oldest = (
-        select(events.c.id)
-        .where(events.c.tenant_id == tenant_id, events.c.occurred_at < before)
+    scope = (events.c.tenant_id == tenant_id, events.c.occurred_at < before)
+    last = conn.execute(
+        select(events.c.occurred_at, events.c.id)
+        .where(*scope)
         .order_by(events.c.occurred_at, events.c.id)
-        .limit(limit)
-    )
-    # tenant_id in the outer statement too: a distributed (Citus) table routes it to one shard.
-    statement = delete(events).where(events.c.tenant_id == tenant_id, events.c.id.in_(oldest))
+        .offset(limit - 1)
+        .limit(1)
+    ).first()
+    # The chunk is a range of (occurred_at, id) up to its `limit`-th row, not a list of ids: a
+    # partitioned table then prunes to the partitions of that range instead of probing every one
+    # of them for each id. tenant_id leads every condition, which Citus needs to route it to a shard.
+    statement = delete(events).where(*scope)
+    if last is not None:
+        statement = statement.where(
+            events.c.occurred_at <= last.occurred_at,
+            or_(events.c.occurred_at < last.occurred_at, events.c.id <= last.id),
+        )
     return conn.execute(statement).rowcount
 
 
+# occurred_at too, so that a partitioned table finds the row in its one partition.
 _TRUNCATE_IP = (
     update(events)
-    .where(events.c.tenant_id == bindparam("k_tenant"), events.c.id == bindparam("k_id"))
+    .where(
+        events.c.tenant_id == bindparam("k_tenant"),
+        events.c.id == bindparam("k_id"),
+        events.c.occurred_at == bindparam("k_at"),
+    )
     .values(ip=bindparam("k_ip"), ip_anonymized=True)
 )
 
@@ -204,20 +236,25 @@ def anonymize_ips_chunk(
     conn: Connection, *, tenant_id: int, before: dt.datetime | None, limit: int, erase: bool = False
 ) -> int:
     """Truncate (or with `erase`, remove) up to `limit` stored addresses of events before `before`."""
+    chosen = select(events.c.id, events.c.occurred_at, events.c.ip).where(events.c.tenant_id == tenant_id)
     if erase:
         # The salon stores no addresses any more: remove whatever is left, truncated ones included.
-        chosen = select(events.c.id).where(events.c.tenant_id == tenant_id, events.c.ip.is_not(None))
-        chosen = chosen.order_by(events.c.id).limit(limit)
-        statement = update(events).where(events.c.tenant_id == tenant_id, events.c.id.in_(chosen))
-        return conn.execute(statement.values(ip=None, ip_anonymized=True)).rowcount
-    pending = select(events.c.id, events.c.ip).where(
-        events.c.tenant_id == tenant_id, text(IP_PENDING_PREDICATE)
-    )
-    if before is not None:
-        pending = pending.where(events.c.occurred_at < before)
-    rows = conn.execute(pending.order_by(events.c.occurred_at).limit(limit)).all()
+        chosen = chosen.where(events.c.ip.is_not(None)).order_by(events.c.id)
+    else:
+        chosen = chosen.where(text(IP_PENDING_PREDICATE)).order_by(events.c.occurred_at)
+        if before is not None:
+            chosen = chosen.where(events.c.occurred_at < before)
+    rows = conn.execute(chosen.limit(limit)).all()
     if rows:
-        params = [{"k_tenant": tenant_id, "k_id": row.id, "k_ip": anonymize_ip(row.ip)} for row in rows]
+        params = [
+            {
+                "k_tenant": tenant_id,
+                "k_id": row.id,
+                "k_at": row.occurred_at,
+                "k_ip": None if erase else anonymize_ip(row.ip),
+            }
+            for row in rows
+        ]
         conn.execute(_TRUNCATE_IP, params)
     return len(rows)
 
@@ -248,6 +285,18 @@ class _Run:
     ttl: dt.timedelta
     should_stop: Callable[[], bool]
     started: float = field(default_factory=time.monotonic)
+    # After the partition step (PostgreSQL): the partitions left, and the longest retention of any salon.
+    partitions: list[Partition] = field(default_factory=list)
+    longest: int | None = None
+
+    def events_before(self, retention_days: int) -> dt.datetime:
+        """Where a salon's deletes of raw events stop."""
+        cutoff = self.now - dt.timedelta(days=retention_days)
+        if self.partitions and retention_days == self.longest:
+            # Rows past the cutoff but in the partition that holds it go with that partition, a bit
+            # later; deleting them now would delete every row one by one before its partition goes.
+            return retention_floor(self.partitions, cutoff)
+        return cutoff
 
     def lease_now(self) -> dt.datetime:
         # The run's clock moved on by the real time spent, so renewals extend the lease for real.
@@ -276,14 +325,8 @@ class _Run:
 def _maintain(run: _Run, salon: SalonReport, settings: TenantSettings) -> None:
     tenant_id, limit = salon.tenant_id, run.chunk_rows
     if settings.retention_days > 0:  # 0 or less: keep raw events
-        before = run.now - dt.timedelta(days=settings.retention_days)
-        run.chunks(
-            salon,
-            "events_deleted",
-            lambda conn: _full(
-                delete_events_chunk(conn, tenant_id=tenant_id, before=before, limit=limit), limit
-            ),
-        )
+        before = run.events_before(settings.retention_days)
+        run.chunks(salon, "events_deleted", lambda conn: _events_step(conn, tenant_id, before, limit))
     days = settings.ip_anonymize_days
     cutoff = run.now - dt.timedelta(days=days) if days > 0 else None  # 0: at once; -1: remove them
     run.chunks(
@@ -305,6 +348,14 @@ def _rollup_step(
     return lambda conn: delete_rollups_chunk(
         conn, table=table, tenant_id=tenant_id, before=before, limit=limit
     )
+
+
+def _events_step(conn: Connection, tenant_id: int, before: dt.datetime, limit: int) -> tuple[int, bool]:
+    deleted = delete_events_chunk(conn, tenant_id=tenant_id, before=before, limit=limit)
+    more = deleted >= limit
+    if keeps_external_ids(conn):  # their ids go too, also those of the events gone with a partition
+        more |= delete_external_ids_chunk(conn, tenant_id=tenant_id, before=before, limit=limit) >= limit
+    return deleted, more
 
 
 def _full(done: int, limit: int) -> tuple[int, bool]:
@@ -346,6 +397,20 @@ def _describe(exc: BaseException) -> str:
     return type(exc).__name__ + (f"/{type(origin).__name__}" if origin is not None else "")
 
 
+def _partition_step(run: _Run, report: PartitionReport) -> None:
+    started = time.monotonic()
+    try:
+        maintain_partitions(run.engine, now=run.now, report=report)
+        if report.status == "done":
+            with run.engine.connect() as conn:
+                run.partitions, run.longest = list_partitions(conn), longest_retention(conn)
+    except Exception as exc:  # noqa: BLE001  (the salons' deletes still apply retention: reported, counted)
+        report.status, report.error = "failed", _describe(exc)
+        log.error("maintenance: partitions failed: %s", report.error)
+    finally:
+        report.seconds = time.monotonic() - started
+
+
 def salon_ids(engine: Engine) -> list[int]:
     """Every salon, in id order."""
     with engine.connect() as conn:
@@ -377,6 +442,7 @@ def run_maintenance(
         should_stop,
     )
     report = MaintenanceReport(now=run.now, holder=run.holder)
+    _partition_step(run, report.partitions)
     done_since = run.now - skip_done_within if skip_done_within is not None else None
     for tenant_id in salon_ids(engine) if tenant_ids is None else tenant_ids:
         if should_stop():
@@ -404,11 +470,13 @@ def run_maintenance(
     if not report.failed:
         metrics.MAINTENANCE_LAST_SUCCESS.set(time.time())
     log.info(
-        "maintenance run: %d salons done, %d skipped, %d failed; %d events deleted, %d IPs anonymized, "
-        "%d rollup rows deleted in %.2fs",
+        "maintenance run: %d salons done, %d skipped, %d failed; %d events dropped with %d partitions, "
+        "%d events deleted, %d IPs anonymized, %d rollup rows deleted in %.2fs",
         totals["salons_done"],
         totals["salons_skipped"],
         totals["salons_failed"],
+        totals["events_dropped"],
+        totals["partitions_dropped"],
         totals["events_deleted"],
         totals["ips_anonymized"],
         totals["rollup_rows_deleted"],

@@ -26,7 +26,7 @@ from mailtrack.messages.queries import ERASED_PREFIX, LinkKey, LinkState, add_li
 from mailtrack.messages.tables import customers, messages
 from mailtrack.tenants.tables import tenant_settings, tenants
 from mailtrack.tracking.ipaddr import anonymize_ip
-from mailtrack.tracking.tables import EVENT_TYPES, events
+from mailtrack.tracking.tables import EVENT_TYPES, event_external_ids, events
 from mailtrack.tracking.useragent import UserAgentInfo, classify_user_agent, is_apple_proxy_ip
 
 # A click this soon after the message left is a security scanner following links on delivery.
@@ -214,6 +214,10 @@ def ingest_batch(
             link_clicks[link_key] += 1
         rows.append(_event_row(event, state, agent))
     bulk_insert(conn, events, rows)
+    if conn.dialect.name == "postgresql":  # partitioned events: the unique external ids live apart
+        keys = ("tenant_id", "external_event_id", "occurred_at")
+        known = [{key: row[key] for key in keys} for row in rows if row["external_event_id"] is not None]
+        bulk_insert(conn, event_external_ids, known)
     _write_message_states(conn, [state for state in states.values() if state.changed])
     _write_customer_deltas(conn, deltas)
     add_link_clicks(conn, clicks=link_clicks)
@@ -228,12 +232,14 @@ def _drop_known_duplicates(conn: Connection, batch: Sequence[EventIn], result: I
     for event in batch:
         if event.external_event_id is not None:
             by_tenant[event.tenant_id].append(event.external_event_id)
+    # On PostgreSQL one index of event_external_ids answers, instead of one per partition of events.
+    table = event_external_ids if conn.dialect.name == "postgresql" else events
     for tenant_id, keys in by_tenant.items():
         for start in range(0, len(keys), _SELECT_CHUNK):
             stored = conn.execute(
-                select(events.c.external_event_id).where(
-                    events.c.tenant_id == tenant_id,
-                    events.c.external_event_id.in_(keys[start : start + _SELECT_CHUNK]),
+                select(table.c.external_event_id).where(
+                    table.c.tenant_id == tenant_id,
+                    table.c.external_event_id.in_(keys[start : start + _SELECT_CHUNK]),
                 )
             ).scalars()
             seen.update((tenant_id, key) for key in stored if key is not None)

@@ -12,6 +12,9 @@ EVENT_TYPES = ("sent", "delivered", "opened", "clicked", "bounced", "unsubscribe
 # each event refers to, so a per-row check would only repeat that work on the largest table (it cost a
 # fifth of bulk ingest time on PostgreSQL) and would get in the way of dropping time partitions.
 # Deleting a salon, a message or a customer deletes their events explicitly.
+# On PostgreSQL (migration 0008) this logical table is partitioned by range of occurred_at, with the
+# primary key (tenant_id, id, occurred_at) and the external-id index not unique: a partitioned table's
+# unique indexes must hold the partition key; event_external_ids below keeps that guarantee there.
 events = Table(
     "events",
     metadata,
@@ -40,6 +43,17 @@ events = Table(
     Index(None, "tenant_id", "message_id"),
     Index(None, "tenant_id", "customer_id", "occurred_at"),
     Index(None, "tenant_id", "external_event_id", unique=True),
+)
+
+# PostgreSQL only (migration 0008; SQLite keeps the unique index above): one row per stored event that
+# has an external id, written by ingest in the event's transaction, deleted with the event.
+event_external_ids = Table(
+    "event_external_ids",
+    metadata,
+    Column("tenant_id", BigId, primary_key=True, autoincrement=False),
+    Column("external_event_id", String(200), primary_key=True),
+    Column("occurred_at", UTCDateTime, nullable=False),  # the event's, so that retention finds it
+    Index(None, "tenant_id", "occurred_at"),
 )
 
 # How far the database has applied each hit journal (tracking/journal.py): updated in the same
