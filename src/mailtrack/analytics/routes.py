@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import logging
 from collections import defaultdict
-from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
@@ -15,19 +11,30 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Connection
 
 from mailtrack.analytics import metrics, queries
+from mailtrack.analytics.params import (
+    CursorText,
+    DayText,
+    choice,
+    day,
+    decode_cursor,
+    encode_cursor,
+    from_micros,
+    micros,
+    one_of,
+    text,
+    unprocessable,
+)
 from mailtrack.analytics.sendtime import best_send_time, customer_best_hours
 from mailtrack.db import utcnow
+from mailtrack.maintenance.routes import customer_links
+from mailtrack.maintenance.security import TEXT_PATTERN, ErrorOut
 from mailtrack.messages.queries import CHANNELS, SOURCES
 from mailtrack.tenants.auth import API_KEY_RESPONSES, ApiTenant, EngineDep
 from mailtrack.tenants.queries import get_tenant
 from mailtrack.tracking.tables import EVENT_TYPES
 
 router = APIRouter(prefix="/api/v1", tags=["analytics"], responses=API_KEY_RESPONSES)
-log = logging.getLogger(__name__)
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing or invalid API key"},
-    422: {"description": "invalid parameter (the detail says which and why)"},
-}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "no such customer"}}
 
 
 class CardsOut(BaseModel):
@@ -128,7 +135,7 @@ class EventsPage(BaseModel):
     """A page of events, newest first; pass `next` as `cursor` for the following page."""
 
     events: list[EventOut]
-    next: str | None
+    next: str | None = Field(description="`cursor` for the following page; null on the last one.")
 
 
 class CustomerSlotOut(BaseModel):
@@ -156,7 +163,7 @@ class CustomersPage(BaseModel):
     """A page of customers, best score first; pass `next` as `cursor` for the following page."""
 
     customers: list[ScoredCustomerOut]
-    next: str | None
+    next: str | None = Field(description="`cursor` for the following page; null on the last one.")
 
 
 class ScoreInputsOut(BaseModel):
@@ -189,49 +196,6 @@ class ScoreExplanationOut(BaseModel):
     inputs: ScoreInputsOut
 
 
-# --- parameters -------------------------------------------------------------------------------------
-
-
-def _unprocessable(message: str) -> HTTPException:
-    log.info("analytics API: refused a request: %s", message)
-    return HTTPException(422, message)  # (the constant's name differs across Starlette versions)
-
-
-def _choice(name: str, value: str | None, allowed: Sequence[str]) -> str | None:
-    # An empty value means "no filter": HTML forms send `channel=` for "any".
-    if value is None or not value.strip():
-        return None
-    if value.strip() not in allowed:
-        raise _unprocessable(f"`{name}` must be one of {', '.join(allowed)}; got {value!r}")
-    return value.strip()
-
-
-def _encode_cursor(*parts: int) -> str:
-    return base64.urlsafe_b64encode(".".join(map(str, parts)).encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, size: int) -> list[int]:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        parts = [int(part) for part in text.split(".")]
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        parts = []
-    if len(parts) != size:
-        raise _unprocessable("`cursor` is not a cursor this API returned; pass `next` from the previous page")
-    return parts
-
-
-def _micros(moment: dt.datetime) -> int:
-    return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
-
-
-def _from_micros(value: int) -> dt.datetime:
-    try:
-        return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=value)
-    except OverflowError:
-        raise _unprocessable("`cursor` is not a cursor this API returned") from None
-
-
 def _timezone(conn: Connection, tenant_id: int) -> str:
     tenant = get_tenant(conn, tenant_id=tenant_id)
     if tenant is None:  # the key authenticated a moment ago; the salon was deleted since
@@ -261,26 +225,43 @@ def _breakdowns(opens: dict[tuple[str, str], int]) -> tuple[dict[str, float], di
     return metrics.fractions(devices), metrics.fractions(clients)
 
 
-@router.get("/stats", responses=_ERRORS)
+@router.get(
+    "/stats",
+    responses={404: {"model": ErrorOut, "description": "the salon was deleted after the key was checked"}},
+)
 def get_stats(
     tenant_id: ApiTenant,
     engine: EngineDep,
-    first: Annotated[str | None, Query(alias="from", description="First local day, YYYY-MM-DD.")] = None,
-    last: Annotated[str | None, Query(alias="to", description="Last local day (inclusive).")] = None,
-    source: Annotated[str | None, Query(description="campaign, automation or system.")] = None,
-    campaign: Annotated[str | None, Query(max_length=300, description="A campaign name.")] = None,
-    channel: Annotated[str | None, Query(description="marketing, transactional or system.")] = None,
+    first: Annotated[
+        DayText, Query(alias="from", description="First local day (default: `to` − 29 days).")
+    ] = None,
+    last: Annotated[
+        DayText,
+        Query(
+            alias="to",
+            description="Last local day, inclusive (default: today); at most 1096 days from `from`, which "
+            "must not be later, and the period before must start in 1970 or later.",
+        ),
+    ] = None,
+    source: Annotated[str | None, one_of(SOURCES), Query(description="Empty: any source.")] = None,
+    campaign: Annotated[
+        str | None,
+        text({"maxLength": 300, "pattern": TEXT_PATTERN}),
+        Query(max_length=300, pattern=TEXT_PATTERN, description="A campaign name."),
+    ] = None,
+    channel: Annotated[str | None, one_of(CHANNELS), Query(description="Empty: any channel.")] = None,
 ) -> StatsOut:
     """Every dashboard figure for the cohort of messages sent in a period (default: the last 30 days)."""
     now = utcnow()
-    source_filter = _choice("source", source, SOURCES)
-    channel_filter = _choice("channel", channel, CHANNELS)
+    first, last = day("from", first), day("to", last)
+    source_filter = choice("source", source, SOURCES)
+    channel_filter = choice("channel", channel, CHANNELS)
     with engine.connect() as conn:
         timezone = _timezone(conn, tenant_id)
         try:
             period = metrics.parse_period(first, last, today=metrics.local_today(timezone, now))
         except metrics.PeriodError as exc:
-            raise _unprocessable(str(exc)) from None
+            raise unprocessable("to" if last else "from", str(exc)) from None
         campaign_id = None
         if campaign is not None and campaign.strip():
             found = queries.campaign_id_by_name(conn, tenant_id=tenant_id, name=campaign.strip())
@@ -322,49 +303,57 @@ def get_stats(
 # --- events -----------------------------------------------------------------------------------------
 
 
-@router.get("/events", responses=_ERRORS)
+@router.get("/events")
 def get_events(
     tenant_id: ApiTenant,
     engine: EngineDep,
-    q: Annotated[str | None, Query(max_length=200, description="Part of a customer's name or email.")] = None,
-    event_type: Annotated[str | None, Query(alias="type", description="Only events of this type.")] = None,
+    q: Annotated[
+        str | None,
+        text({"maxLength": 200, "pattern": TEXT_PATTERN}),
+        Query(max_length=200, pattern=TEXT_PATTERN, description="Part of a customer's name or email."),
+    ] = None,
+    event_type: Annotated[
+        str | None, one_of(EVENT_TYPES), Query(alias="type", description="Only events of this type.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200, description="`next` of the previous page.")] = None,
+    cursor: CursorText = None,
 ) -> EventsPage:
     """The salon's events, newest first; `q` matches name or email ignoring case and accents."""
-    wanted_type = _choice("type", event_type, EVENT_TYPES)
+    wanted_type = choice("type", event_type, EVENT_TYPES)
     before = None
     if cursor:
-        micros, event_id = _decode_cursor(cursor, 2)
-        before = (_from_micros(micros), event_id)
+        at, event_id = decode_cursor(cursor)
+        before = (from_micros(at), event_id)
     with engine.connect() as conn:
         records = queries.list_events(
             conn, tenant_id=tenant_id, query=q, event_type=wanted_type, before=before, limit=limit + 1
         )
     page = records[:limit]
-    following = _encode_cursor(_micros(page[-1].occurred_at), page[-1].id) if len(records) > limit else None
+    following = encode_cursor(micros(page[-1].occurred_at), page[-1].id) if len(records) > limit else None
     return EventsPage(events=[_event_out(record) for record in page], next=following)
 
 
 # --- customers --------------------------------------------------------------------------------------
 
 
-@router.get("/customers", responses=_ERRORS)
+@router.get(
+    "/customers", responses={200: {"links": customer_links("$response.body#/customers/0/customer_id")}}
+)
 def get_customers(
     tenant_id: ApiTenant,
     engine: EngineDep,
     min_score: Annotated[int, Query(ge=0, le=100)] = 0,
-    max_score: Annotated[int, Query(ge=0, le=100)] = 100,
+    max_score: Annotated[int, Query(ge=0, le=100, description="Not below `min_score`.")] = 100,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[str | None, Query(max_length=200, description="`next` of the previous page.")] = None,
+    cursor: CursorText = None,
 ) -> CustomersPage:
     """Scored customers with min_score ≤ score ≤ max_score (VIP and win-back segments), best first."""
     if min_score > max_score:
-        raise _unprocessable(f"`min_score` ({min_score}) is above `max_score` ({max_score})")
+        raise unprocessable("max_score", f"`min_score` ({min_score}) is above `max_score` ({max_score})")
     after = None
     if cursor:
-        score, customer_id = _decode_cursor(cursor, 2)
-        after = (score, customer_id)
+        score, customer_id = decode_cursor(cursor)
+        after = (min(max(score, -1), 101), customer_id)  # scores are 0–100; the database's are 32-bit
     with engine.connect() as conn:
         found = queries.customers_by_score(
             conn,
@@ -377,7 +366,7 @@ def get_customers(
         )
         page = found[:limit]
         best = customer_best_hours(conn, tenant_id=tenant_id, customer_ids=[c.external_id for c in page])
-    following = _encode_cursor(page[-1].score, page[-1].id) if len(found) > limit else None
+    following = encode_cursor(page[-1].score, page[-1].id) if len(found) > limit else None
     return CustomersPage(
         customers=[
             ScoredCustomerOut(
@@ -394,11 +383,14 @@ def get_customers(
     )
 
 
-@router.get("/customers/{customer_id}/score", responses={**_ERRORS, 404: {"description": "no such customer"}})
+@router.get("/customers/{customer_id}/score", responses=_NOT_FOUND)
 def get_customer_score(
     tenant_id: ApiTenant,
     engine: EngineDep,
-    customer_id: Annotated[str, Path(max_length=200, description="The platform's customer id.")],
+    customer_id: Annotated[
+        str,
+        Path(min_length=1, max_length=200, pattern=TEXT_PATTERN, description="The platform's customer id."),
+    ],
 ) -> ScoreExplanationOut:
     """Explain a customer's engagement score: its inputs, the formula, and the result in plain words."""
     with engine.connect() as conn:

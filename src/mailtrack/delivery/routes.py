@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from mailtrack.config import Settings
 from mailtrack.delivery.inbound import codec_from_settings, process_inbound
 from mailtrack.delivery.mailparse import MAX_MESSAGE_BYTES
+from mailtrack.maintenance.security import ErrorOut
 from mailtrack.messages.tokens import TokenCodec
 from mailtrack.tenants.auth import API_KEY_RESPONSES, ApiTenant, EngineDep
 
@@ -35,8 +36,8 @@ def _too_large() -> HTTPException:
 @router.post(
     "/inbound",
     responses={
-        400: {"description": "empty body: send one raw RFC 5322 message"},
-        413: {"description": "message over 10 MiB"},
+        400: {"model": ErrorOut, "description": "empty body: send one raw RFC 5322 message"},
+        413: {"model": ErrorOut, "description": "message over 10 MiB"},
     },
     openapi_extra={
         "requestBody": {"content": {"message/rfc822": {"schema": {"type": "string"}}}, "required": True}

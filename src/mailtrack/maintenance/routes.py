@@ -11,13 +11,31 @@ from starlette.concurrency import run_in_threadpool
 from mailtrack.db import utcnow, write_transaction
 from mailtrack.maintenance import metrics
 from mailtrack.maintenance.gdpr import CustomerExport, Erasure, erase_customer, export_customer
+from mailtrack.maintenance.security import TEXT_PATTERN, ErrorOut
 from mailtrack.tenants.auth import API_KEY_RESPONSES, ApiTenant, EngineDep
 
 router = APIRouter(prefix="/api/v1", tags=["customers"], responses=API_KEY_RESPONSES)
-CustomerId = Annotated[str, Path(min_length=1, max_length=200, description="The platform's own customer id.")]
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"description": "the salon has no customer with this id (or it was erased)"}
+CustomerId = Annotated[
+    str,
+    Path(min_length=1, max_length=200, pattern=TEXT_PATTERN, description="The platform's own customer id."),
+]
+# The framework's operationIds (from the handlers' names) of the operations on one customer.
+_CUSTOMER_OPERATIONS = {
+    "score": "get_customer_score_api_v1_customers__customer_id__score_get",
+    "export": "export_customer_data_api_v1_customers__customer_id__export_get",
+    "erase": "erase_customer_data_api_v1_customers__customer_id__delete",
 }
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "the salon has no customer with this id (or it was erased)"}
+}
+
+
+def customer_links(customer_id: str) -> dict[str, Any]:
+    """OpenAPI links from an answer naming a customer (a runtime expression) to the operations on them."""
+    return {
+        name: {"operationId": operation, "parameters": {"customer_id": customer_id}}
+        for name, operation in _CUSTOMER_OPERATIONS.items()
+    }
 
 
 def _export(engine: Engine, tenant_id: int, customer_id: str) -> CustomerExport | None:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -52,6 +53,34 @@ _COMMON_HEADERS = (
     (b"x-frame-options", b"DENY"),
 )
 SECURITY_HEADERS = ((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()), *_COMMON_HEADERS)
+
+
+class ErrorOut(BaseModel):
+    """An error the API answers (except 422): `{"detail": "<what went wrong>"}`, as the framework does."""
+
+    detail: str
+
+
+# Text the API stores or searches for: no NUL (PostgreSQL refuses it in text). As a validated pattern
+# it also refuses lone surrogates, which no database can encode as UTF-8.
+TEXT_PATTERN = r"^[^\x00]*$"
+# For the OpenAPI document: the answers this middleware gives before any route runs.
+RATE_LIMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": ErrorOut,
+        "description": "too many requests from this API key (or address without one); retry later",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds until a request is allowed again.",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    }
+}
+BODY_LIMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorOut, "description": "request body over `MAILTRACK_MAX_BODY_BYTES` (1 MiB by default)"}
+}
 
 
 class BodyTooLargeError(HTTPException):

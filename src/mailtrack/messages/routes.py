@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError
@@ -14,7 +15,9 @@ from starlette.concurrency import run_in_threadpool
 
 from mailtrack.config import Settings
 from mailtrack.db import utcnow, write_transaction
-from mailtrack.delivery.sending import SendRefusedError, queue_for_sending
+from mailtrack.delivery.sending import SendRefusedError, SuppressedError, queue_for_sending
+from mailtrack.maintenance.routes import customer_links
+from mailtrack.maintenance.security import BODY_LIMIT_RESPONSES, TEXT_PATTERN, ErrorOut
 from mailtrack.messages.policy import tracking_allowed
 from mailtrack.messages.queries import (
     CustomerIn,
@@ -44,28 +47,29 @@ MAX_BODY_CHARS = 2_000_000
 class CustomerBody(BaseModel):
     """The recipient, as the platform knows them."""
 
-    model_config = ConfigDict(extra="forbid")
-    id: Annotated[str, Field(min_length=1, max_length=200)]
-    name: Annotated[str, Field(max_length=300)] = ""
-    email: Annotated[str, Field(max_length=320)] = ""
+    model_config = ConfigDict(extra="forbid", strict=True)
+    id: Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT_PATTERN)]
+    name: Annotated[str, Field(max_length=300, pattern=TEXT_PATTERN)] = ""
+    email: Annotated[str, Field(max_length=320, pattern=TEXT_PATTERN)] = ""
 
 
 class MessageRequest(BaseModel):
     """A message to register and instrument (its body is returned, never stored)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: `"send": 0` or `"send": "yes"` is an error, not a guess (JSON has true and false).
+    model_config = ConfigDict(extra="forbid", strict=True)
     customer: CustomerBody
     channel: Literal["marketing", "transactional", "system"]
     source: Literal["campaign", "automation", "system"] | None = None
-    campaign: Annotated[str, Field(max_length=300)] | None = None
+    campaign: Annotated[str, Field(max_length=300, pattern=TEXT_PATTERN)] | None = None
     message_id: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")] | None = Field(
         default=None, description="Your own id for the message; generated when absent."
     )
-    subject: Annotated[str, Field(max_length=998)] = ""
-    html: Annotated[str, Field(max_length=MAX_BODY_CHARS)] | None = None
-    text: Annotated[str, Field(max_length=MAX_BODY_CHARS)] | None = None
+    subject: Annotated[str, Field(max_length=998, pattern=TEXT_PATTERN)] = ""
+    html: Annotated[str, Field(max_length=MAX_BODY_CHARS, pattern=TEXT_PATTERN)] | None = None
+    text: Annotated[str, Field(max_length=MAX_BODY_CHARS, pattern=TEXT_PATTERN)] | None = None
     send: bool = False
-    sender: Annotated[str, Field(max_length=320)] | None = Field(
+    sender: Annotated[str, Field(max_length=320, pattern=TEXT_PATTERN)] | None = Field(
         default=None,
         description='From header for "send": true, e.g. "Salon <hello@salon.hu>"; default MAIL_FROM.',
     )
@@ -172,13 +176,32 @@ def _register(
         return register_message(conn, codec, settings, tenant_id=tenant_id, body=body)
 
 
+# Every 422 has the framework's shape; the address refusals name the field they concern.
+VALIDATION_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}
+
+
+def _refused_address(exc: SendRefusedError) -> RequestValidationError:
+    field = ("sender",) if str(exc).startswith("sender") else ("customer", "email")
+    return RequestValidationError([{"type": "value_error", "loc": ("body", *field), "msg": str(exc)}])
+
+
 @router.post(
     "/messages",
     status_code=status.HTTP_201_CREATED,
     responses={
-        409: {"description": "message_id already registered, or marketing mail to a suppressed customer"},
-        422: {"description": "an address that cannot be sent to"},
-        501: {"description": "sending not configured"},
+        201: {"links": customer_links("$request.body#/customer/id")},
+        400: {"model": ErrorOut, "description": "the body is not JSON (e.g. not UTF-8)"},
+        409: {
+            "model": ErrorOut,
+            "description": "message_id already registered, or marketing mail to a suppressed customer",
+        },
+        **BODY_LIMIT_RESPONSES,
+        422: {
+            "description": 'invalid body; with `"send": true`, also an address that cannot be sent to '
+            "(the sender, or the customer's email: the one given, else the one on file)",
+            "content": VALIDATION_ERROR,
+        },
+        501: {"model": ErrorOut, "description": '`"send": true` but sending is not configured'},
     },
 )
 async def create_message(
@@ -195,8 +218,10 @@ async def create_message(
         response = await run_in_threadpool(
             _register, engine, request.app.state.tracking.codec, request.app.state.settings, tenant_id, body
         )
-    except SendRefusedError as exc:  # 409 suppressed (marketing), 422 unusable address
+    except SuppressedError as exc:  # marketing mail to a suppressed customer
         raise HTTPException(exc.status_code, str(exc)) from None
+    except SendRefusedError as exc:  # an address that cannot be sent to
+        raise _refused_address(exc) from None
     except (IntegrityError, DuplicateMessageError):
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"message_id {body.message_id!r} is already registered"

@@ -8,6 +8,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 
+from mailtrack.maintenance.security import RATE_LIMIT_RESPONSES, ErrorOut
 from mailtrack.tenants.queries import tenant_for_api_key
 
 _bearer = HTTPBearer(auto_error=False, description="A salon's API key (`mailtrack apikey create`).")
@@ -40,8 +41,14 @@ def api_tenant(
 
 
 ApiTenant = Annotated[int, Depends(api_tenant)]
-# Every router of API-key operations documents the answer the dependency above can give.
+# Every router of API-key operations documents the answers the dependency above can give, and the
+# rate limit the security middleware applies to every `/api/` path (by API key).
 API_KEY_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing, invalid or revoked API key (`Authorization: Bearer <key>`)"}
+    401: {
+        "model": ErrorOut,
+        "description": "missing, invalid or revoked API key (`Authorization: Bearer <key>`)",
+        "headers": {"WWW-Authenticate": {"required": True, "schema": {"type": "string", "const": "Bearer"}}},
+    },
+    **RATE_LIMIT_RESPONSES,
 }
 EngineDep = Annotated[Engine, Depends(get_engine)]
