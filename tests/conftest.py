@@ -110,4 +110,5 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         secret_key=TEST_SECRET,
         base_url="http://testserver",
         journal_dir=tmp_path / "journal",
+        journal_applier="thread",  # a process per test app would cost a second each; serve tests use one
     )

@@ -6,12 +6,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 from sqlalchemy import Engine, text
 from starlette.types import Receive, Scope, Send
 
@@ -39,6 +40,12 @@ from mailtrack.tracking.journal import HitJournal
 from mailtrack.tracking.useragent import classify_user_agent
 
 log = logging.getLogger(__name__)
+
+
+class HealthOut(BaseModel):
+    """`ok` when the database answers, else `unavailable` (with 503)."""
+
+    status: Literal["ok", "unavailable"]
 
 
 def _warm_send_times(engine: Engine) -> None:
@@ -73,6 +80,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         fsync=settings.journal_fsync,
         batch_max=settings.ingest_batch_max,
         max_bytes=settings.journal_max_bytes,
+        applier=settings.journal_applier,
+        database_url=settings.database_url,
     )
 
     scheduler = MaintenanceScheduler(engine)
@@ -128,7 +137,12 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.maintenance = scheduler
     app.state.outbox = outbox
 
-    @app.get("/healthz", tags=["operations"])
+    @app.get(
+        "/healthz",
+        tags=["operations"],
+        response_model=HealthOut,
+        responses={503: {"model": HealthOut, "description": "the database does not answer"}},
+    )
     def healthz() -> JSONResponse:
         """200 when the database answers, 503 otherwise."""
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,10 @@ class Settings(BaseSettings):
     journal_fsync: bool = Field(
         default=False,
         description="fdatasync the journal before answering a hit: survives power loss, not only crashes.",
+    )
+    journal_applier: Literal["process", "thread"] = Field(
+        default="process",
+        description="Apply the journal from a child process (a core of its own) or a thread of the server.",
     )
     journal_max_bytes: int = Field(
         default=1 << 30,

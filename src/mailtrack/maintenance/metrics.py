@@ -237,10 +237,10 @@ def render_metrics(state: Any) -> str:
         getattr(tracking, "rejected_tokens", None),
     )
     lines += _scraped(
-        "mailtrack_ingest_queue_depth",
+        "mailtrack_journal_pending_bytes",
         "gauge",
-        "Hits journaled but not yet applied to the database.",
-        getattr(journal, "pending", None),
+        "Journal bytes (about 300 per hit) not yet applied to the database.",
+        getattr(journal, "pending_bytes", None),
     )
     lines += _scraped(
         "mailtrack_ingest_batches_total",

@@ -108,7 +108,12 @@ OPENAPI_PATHS: dict[str, Any] = {
             "do-not-track.",
             "operationId": "open_pixel",
             "parameters": [{"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "the pixel", "content": {"image/gif": {}}}},
+            "responses": {
+                "200": {
+                    "description": "the pixel",
+                    "content": {"image/gif": {"schema": {"type": "string", "format": "binary"}}},
+                }
+            },
         }
     },
     "/c/{token}": {
@@ -120,8 +125,14 @@ OPENAPI_PATHS: dict[str, Any] = {
             "operationId": "click_redirect",
             "parameters": [{"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}],
             "responses": {
-                "302": {"description": "to the stored URL"},
-                "404": {"description": "unknown link"},
+                "302": {
+                    "description": "to the stored URL",
+                    "headers": {"Location": {"required": True, "schema": {"type": "string"}}},
+                },
+                "404": {
+                    "description": "unknown link",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                },
             },
         }
     },

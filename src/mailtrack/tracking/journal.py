@@ -1,30 +1,32 @@
 """The hit journal: a hit is answered once it is in a local append-only file; the database follows.
 
-Tracking hits (`/o`, `/c`, `/u`) are appended as JSON lines to this process's journal and made durable
-together, one `write` and one `fdatasync` for everything that arrived meanwhile (group commit, about
-0.2 ms here), before any of them is answered. An applier thread then writes the journal to the
-database in batches as large as the backlog, through `ingest_batch` (events, message states, customer
-aggregates and rollups in one transaction).
+Tracking hits (`/o`, `/c`) are appended as JSON lines to this process's journal, all the hits of one
+event-loop iteration with one `write` (and, with `MAILTRACK_JOURNAL_FSYNC=true`, one `fdatasync` off the
+loop: group commit), before any of them is answered. The applier (`tracking/journal_applier.py`, a
+child process or a thread) then writes the journal to the database in batches as large as the backlog,
+through `ingest_batch` (events, message states, customer aggregates and rollups in one transaction).
 
 Why not answer after the database commit, as the first version did: at 32 concurrent clients a batch
 held at most 32 hits, so every hit paid a share of a ten-statement transaction and the server answered
-a seventh of a bare app's rate. The applier's batches grow with the load instead (thousands of hits per
-transaction under a burst), and a database outage loses nothing: hits wait in the journal. The price:
-the dashboard sees a hit a few milliseconds after it was answered.
+a seventh of a bare app's rate. The applier's batches grow with the load instead, and a database
+outage loses nothing: hits wait in the journal. The price: the dashboard sees a hit a few tens of
+milliseconds after it was answered.
 
 Exactly once: the applier stores how far it got (`journal_progress`: segment and byte offset) in the
 same transaction as the events. After a crash the next process started on the host adopts every journal
-whose lock nobody holds and applies the rest from there.
+whose locks nobody holds and applies the rest from there.
 
-Layout: `<journal_dir>/<host>-<pid>-<random>/` holds `lock` (flock, held while the process lives) and
-segments `00000001.log`, `00000002.log`, …; an applied segment is deleted, the directory on a clean stop.
+Layout: `<journal_dir>/<host>-<pid>-<random>/` holds `writer.lock` and `applier.lock` (flock) and the
+segments `00000001.log`, `00000002.log`, …; an applied segment is deleted, the directory once applied
+after a clean stop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
+import contextlib
 import logging
+import multiprocessing
 import os
 import secrets
 import socket
@@ -33,36 +35,39 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Literal
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from mailtrack.db import write_transaction
 from mailtrack.tracking.ingest import EventIn
+from mailtrack.tracking.journal_applier import (
+    STAT_FIELDS,
+    WRITER_LOCK,
+    JournalApplier,
+    applier_process_main,
+    run_in_thread,
+    shared_counters,
+    shared_flag,
+    try_lock,
+)
 from mailtrack.tracking.journal_records import (
     DO_NOT_TRACK,
     JournalStats,
-    Position,
-    SegmentApplier,
     encode,
-    remove_files,
-    remove_journal,
     save_position,
     segment_path,
 )
-from mailtrack.tracking.tables import journal_progress
 
 __all__ = ["DO_NOT_TRACK", "HitJournal", "JournalFullError", "JournalStats", "JournalStoppedError"]
 
 log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 64 * 1024 * 1024
-_ADOPT_INTERVAL_SECONDS = 60.0
-_LOCK_FILE = "lock"
+# A thread applier holds the GIL for whole batches; at the default 5 ms switch interval the event loop
+# (answering hits) would wait that long behind it, so the GIL changes hands more often.
 SWITCH_INTERVAL = 0.0005
-# After a batch smaller than the maximum the applier is ahead of the hits: it gives the next batch this
-# long to fill, so that under load a transaction carries hundreds of hits rather than a handful (the
-# fixed cost per transaction dominated otherwise). It is also the most a hit waits for the database.
-APPLY_LINGER_SECONDS = 0.05
+_WATCH_SECONDS = 1.0
 
 
 class JournalFullError(RuntimeError):
@@ -73,111 +78,127 @@ class JournalStoppedError(RuntimeError):
     """The journal is not accepting hits (not started, or shutting down)."""
 
 
-class RecordRefusedError(RuntimeError):
-    """The database refused this record (it was logged and skipped)."""
-
-
-def _try_lock(directory: Path) -> int | None:
-    """An open descriptor holding the journal's lock, or None when a live process holds it."""
-    descriptor = os.open(directory / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        return None
-    return descriptor
-
-
 class HitJournal:
-    """This process's journal of tracking hits, and the thread that applies it to the database."""
+    """This process's journal of tracking hits, and the applier that writes it to the database."""
 
     def __init__(
         self,
         engine: Engine,
         root: Path,
         *,
-        fsync: bool = True,
+        fsync: bool = False,
         batch_max: int = 5000,
         max_bytes: int = 1 << 30,
         segment_bytes: int = SEGMENT_BYTES,
+        applier: Literal["thread", "process"] = "thread",
+        database_url: str | None = None,
     ) -> None:
+        if applier == "process" and database_url is None:
+            raise ValueError("an applier process needs the database URL")
         self.engine, self.root, self.batch_max = engine, root, batch_max
         self.name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.directory = root / self.name
-        self.stats = JournalStats()
         self.stopping = False
+        self._applier_kind, self._database_url = applier, database_url
         self._fsync, self._max_bytes, self._segment_bytes = fsync, max_bytes, segment_bytes
-        self._cond = threading.Condition()
+        self._stats = JournalStats()  # the writer's own counters; the applier's are merged in `stats`
+        self._applier_stats = JournalStats()
         self._lines: list[bytes] = []
         self._waiters: list[asyncio.Future[int]] = []  # resolved with the record's number once durable
-        self._applied_waiters: dict[int, asyncio.Future[None]] = {}
-        self._refused: set[int] = set()  # numbers of refused records (rare), for late `until_applied`
-        self._written: Position = (1, 0)
-        self._unapplied_bytes = 0
+        self._written_bytes = 0
+        self._segment_starts = {1: 0}  # bytes written before each segment
         self._flush_scheduled = False
         self._syncing = False
         self._segment, self._segment_size = 1, 0
         self._sync_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-sync")
-        self._flushed_all = threading.Event()
-        self._wake_applier = threading.Event()
-        self._applier: threading.Thread | None = None
+        self._finished = threading.Event()
+        self._context: Any = multiprocessing.get_context("spawn")
+        self._process_finished: Any = None
+        self._counters: Any = None
+        self._applier: Any = None  # a Thread, or a multiprocessing Process
+        self._watcher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: int | None = None
         self._segment_fd: int | None = None
-        self._caught_up = False
 
     @property
-    def pending(self) -> int:
-        """Records accepted but not yet applied to the database."""
-        return self.stats.appended + len(self._lines) - self.stats.applied
+    def stats(self) -> JournalStats:
+        """The writer's counters with the applier's (read from the applier process when there is one)."""
+        applier = self._applier_stats
+        if self._counters is not None:
+            applier = JournalStats(**dict(zip(STAT_FIELDS, self._counters[:], strict=True)))
+        mine = self._stats
+        return JournalStats(
+            appended=mine.appended,
+            dropped=mine.dropped,
+            applied=applier.applied,
+            segment=applier.segment,
+            offset=applier.offset,
+            refused=applier.refused,
+            adopted=applier.adopted,
+            batches=applier.batches,
+            last_batch_size=applier.last_batch_size,
+        )
+
+    @property
+    def pending_bytes(self) -> int:
+        """Journal bytes accepted but not yet in the database."""
+        stats = self.stats
+        start = self._segment_starts.get(stats.segment)
+        applied = 0 if start is None else start + stats.offset
+        return max(self._written_bytes + sum(map(len, self._lines)) - applied, 0)
 
     async def start(self) -> None:
-        """Create this process's journal and start the applier thread."""
-        # The applier thread holds the GIL for whole batches; at the default 5 ms switch interval the
-        # event loop (answering hits) would wait that long behind it, so hand the GIL over more often.
-        sys.setswitchinterval(SWITCH_INTERVAL)
+        """Create this process's journal and start its applier."""
         self._loop = asyncio.get_running_loop()
         self.directory.mkdir(parents=True)
-        self._lock = _try_lock(self.directory)
+        self._lock = try_lock(self.directory / WRITER_LOCK)
         self._segment_fd = self._open_segment(1)
         await asyncio.to_thread(self._register)
-        self._applier = threading.Thread(target=self._apply_loop, name="journal-applier", daemon=True)
-        self._applier.start()
+        if self._applier_kind == "process":
+            self._counters = shared_counters(self._context)
+            self._process_finished = shared_flag(self._context)
+            self._applier = self._spawn()
+            self._watcher = asyncio.create_task(self._watch(), name="journal-applier-watch")
+        else:
+            sys.setswitchinterval(SWITCH_INTERVAL)
+            self._applier = run_in_thread(
+                JournalApplier(
+                    self.engine,
+                    self.root,
+                    self.name,
+                    batch_max=self.batch_max,
+                    stats=self._applier_stats,
+                    finished=self._finished.is_set,
+                    wait=self._finished.wait,
+                )
+            )
 
-    async def append(self, event: EventIn, *, until_applied: bool = False) -> None:
-        """Return once the event is durable in the journal (or, if asked, stored in the database)."""
+    async def append(self, event: EventIn) -> None:
+        """Return once the event is durable in the journal."""
         if self._loop is None or self.stopping:
             raise JournalStoppedError("the hit journal is not running")
-        if self._unapplied_bytes > self._max_bytes:
-            self.stats.dropped += 1
-            raise JournalFullError(f"{self._unapplied_bytes} journal bytes wait for the database")
+        if self.pending_bytes > self._max_bytes:
+            self._stats.dropped += 1
+            raise JournalFullError(f"{self._max_bytes} journal bytes wait for the database")
         durable: asyncio.Future[int] = self._loop.create_future()
         self._lines.append(encode(event))
         self._waiters.append(durable)
         if not self._flush_scheduled:  # one flush for everything appended in this loop iteration
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
-        number = await durable
-        if until_applied:
-            applied: asyncio.Future[None] = self._loop.create_future()
-            with self._cond:
-                if number in self._refused:
-                    raise RecordRefusedError("the database refused this record")
-                if number <= self.stats.applied:
-                    return
-                self._applied_waiters[number] = applied
-            await applied
+        await durable
 
     def wait_until_applied(self, timeout: float = 60.0) -> None:
         """Block until everything appended so far is in the database (for tests; not on the event loop)."""
-        target, deadline = self.stats.appended + len(self._lines), time.monotonic() + timeout
-        while self.stats.applied < target:
+        deadline = time.monotonic() + timeout
+        while (pending := self.pending_bytes) > 0:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"journal {self.name}: {target - self.stats.applied} records not applied")
+                raise TimeoutError(f"journal {self.name}: {pending} bytes not applied")
             time.sleep(0.002)
 
     async def stop(self, timeout: float = 60.0) -> None:
-        """Write what is queued, apply the journal, and remove it; an unreachable database keeps it."""
+        """Write what is queued and let the applier finish the journal; an unreachable database keeps it."""
         if self._loop is None:
             return
         self.stopping = True
@@ -185,17 +206,53 @@ class HitJournal:
         while (self._lines or self._syncing) and time.monotonic() < deadline:
             self._flush()
             await asyncio.sleep(0.001)
-        self._flushed_all.set()
-        self._wake_applier.set()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        self._finished.set()
+        if self._process_finished is not None:
+            self._process_finished.value = 1
         if self._applier is not None:
             await asyncio.to_thread(self._applier.join, max(deadline - time.monotonic(), 0.0))
         self._sync_thread.shutdown(wait=True)
-        if self._caught_up:
-            await asyncio.to_thread(self._remove)
-        else:
-            log.warning("journal %s: %d records wait for the next start", self.name, self.pending)
-            self._close()  # a later process adopts the journal
+        if self.directory.exists():
+            log.warning("journal %s: %d bytes wait for the next start", self.name, self.pending_bytes)
+        for descriptor in (self._segment_fd, self._lock):
+            if descriptor is not None:
+                os.close(descriptor)  # a later process adopts whatever is left
+        self._segment_fd = self._lock = None
         self._loop = None
+
+    def _spawn(self) -> Any:
+        assert self._database_url is not None
+        process = self._context.Process(
+            target=applier_process_main,
+            args=(
+                self._database_url,
+                str(self.root),
+                self.name,
+                self.batch_max,
+                os.getpid(),
+                self._counters,
+                self._process_finished,
+            ),
+            name="mailtrack-journal-applier",
+        )
+        process.start()
+        return process
+
+    async def _watch(self) -> None:
+        # A dead applier process is replaced; the new one resumes from the stored position.
+        while True:
+            await asyncio.sleep(_WATCH_SECONDS)
+            if not self.stopping and not self._applier.is_alive():
+                log.error(
+                    "journal %s: applier process exited (%s); starting another",
+                    self.name,
+                    self._applier.exitcode,
+                )
+                self._applier = self._spawn()
 
     # --- on the event loop: one write (+ fdatasync) for everything appended meanwhile -----------------
 
@@ -222,13 +279,13 @@ class HitJournal:
         self._lines, self._waiters = [], []
         data = b"".join(lines)
         try:
-            written = self._write(data)
+            self._write(data)
         except OSError as exc:
             log.error("journal %s: %d hits not written: %s", self.name, len(lines), exc)
             _settle(waiters, exc)
             return
         if not self._fsync:
-            self._durable(len(lines), len(data), written, waiters)
+            self._durable(len(lines), len(data), waiters)
             return
         self._syncing = True
         descriptor = self._segment_fd
@@ -242,26 +299,24 @@ class HitJournal:
                 log.error("journal %s: %d hits not synced: %s", self.name, len(lines), error)
                 _settle(waiters, error)
             else:
-                self._durable(len(lines), len(data), written, waiters)
+                self._durable(len(lines), len(data), waiters)
             if self._lines:
                 self._flush()
 
         sync.add_done_callback(synced)
 
-    def _durable(self, count: int, size: int, written: Position, waiters: list[asyncio.Future[int]]) -> None:
-        first = self.stats.appended + 1
-        with self._cond:
-            self.stats.appended += count
-            self._unapplied_bytes += size
-            self._written = written
-        self._wake_applier.set()
+    def _durable(self, count: int, size: int, waiters: list[asyncio.Future[int]]) -> None:
+        first = self._stats.appended + 1
+        self._stats.appended += count
+        self._written_bytes += size
         _settle(waiters, first)
 
-    def _write(self, data: bytes) -> Position:
+    def _write(self, data: bytes) -> None:
         assert self._segment_fd is not None
         segment, size = self._segment, self._segment_size
         if size and size + len(data) > self._segment_bytes:
             os.close(self._segment_fd)
+            self._segment_starts[segment + 1] = self._segment_starts[segment] + size
             segment, size = segment + 1, 0
             self._segment_fd = self._open_segment(segment)
             self._segment, self._segment_size = segment, 0
@@ -273,130 +328,10 @@ class HitJournal:
             os.ftruncate(self._segment_fd, size)  # no torn line in front of the next write
             raise
         self._segment_size = size + len(data)
-        return segment, self._segment_size
-
-    # --- the applier thread ----------------------------------------------------------------------------
-
-    def _segment_applier(self, name: str, directory: Path, position: Position) -> SegmentApplier:
-        return SegmentApplier(
-            self.engine,
-            name,
-            directory,
-            position,
-            batch_max=self.batch_max,
-            stats=self.stats,
-            stopping=lambda: self.stopping,
-        )
 
     def _register(self) -> None:
         with write_transaction(self.engine) as conn:
             save_position(conn, self.name, (1, 0))
-
-    def _apply_loop(self) -> None:
-        self._adopt_orphans()
-        next_adoption = time.monotonic() + _ADOPT_INTERVAL_SECONDS
-        own = self._segment_applier(self.name, self.directory, (1, 0))
-        while True:
-            self._wake_applier.clear()
-            with self._cond:
-                written, flushed_all = self._written, self._flushed_all.is_set()
-            before = own.position
-            try:
-                progressed = own.step(written, self._applied)
-            except Exception:
-                log.exception("journal %s: applier step failed; retrying", self.name)
-                time.sleep(1.0)
-                continue
-            if progressed is None:
-                return
-            if own.position[0] == before[0]:  # a commit never spans segments
-                with self._cond:
-                    self._unapplied_bytes -= own.position[1] - before[1]
-            if progressed:
-                if own.ahead:
-                    own.ahead = False
-                    self._flushed_all.wait(APPLY_LINGER_SECONDS)  # returns at once when stopping
-                continue
-            if flushed_all:
-                self._caught_up = True
-                return
-            if time.monotonic() >= next_adoption:
-                self._adopt_orphans()
-                next_adoption = time.monotonic() + _ADOPT_INTERVAL_SECONDS
-            self._wake_applier.wait(1.0)
-
-    def _applied(self, count: int, stored: bool) -> None:
-        with self._cond:
-            first = self.stats.applied + 1
-            self.stats.applied += count
-            last = self.stats.applied
-            if not stored:
-                self.stats.refused += count
-                self._refused.update(range(first, last + 1))
-            due = [
-                (n, self._applied_waiters.pop(n))
-                for n in range(first, last + 1)
-                if n in self._applied_waiters
-            ]
-        if due and self._loop is not None:
-            self._loop.call_soon_threadsafe(_release, due, stored)
-
-    def _adopt_orphans(self) -> None:
-        if not self.root.is_dir():
-            return
-        for directory in sorted(self.root.iterdir()):
-            if directory == self.directory or not (directory / _LOCK_FILE).exists():
-                continue
-            lock = _try_lock(directory)
-            if lock is None:
-                continue  # a live process owns it
-            try:
-                self._adopt(directory)
-            except Exception:
-                log.exception("journal %s: adoption interrupted", directory.name)
-            finally:
-                os.close(lock)
-
-    def _adopt(self, directory: Path) -> None:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(journal_progress.c.segment, journal_progress.c.position).where(
-                    journal_progress.c.journal == directory.name
-                )
-            ).first()
-        if row is None:
-            # Every journal is registered before its first hit, so one this database never saw belongs
-            # to another database sharing the directory (or died before its first hit): not ours to apply.
-            if not any(path.stat().st_size for path in directory.glob("*.log")):
-                remove_files(directory)
-            return
-        applier = self._segment_applier(directory.name, directory, (row[0], row[1]))
-
-        def counted(count: int, _stored: bool) -> None:
-            self.stats.adopted += count
-
-        while True:
-            progressed = applier.step(None, counted)
-            if progressed is None:
-                return
-            if not progressed:
-                break
-        log.info(
-            "journal %s: adopted and applied (%d records so far from crashed processes)",
-            directory.name,
-            self.stats.adopted,
-        )
-        remove_journal(self.engine, directory)
-
-    def _remove(self) -> None:
-        remove_journal(self.engine, self.directory)
-        self._close()
-
-    def _close(self) -> None:
-        for descriptor in (self._segment_fd, self._lock):
-            if descriptor is not None:
-                os.close(descriptor)
-        self._segment_fd = self._lock = None
 
 
 def _settle(waiters: list[asyncio.Future[int]], outcome: int | OSError) -> None:
@@ -407,12 +342,3 @@ def _settle(waiters: list[asyncio.Future[int]], outcome: int | OSError) -> None:
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome + offset)
-
-
-def _release(due: list[tuple[int, asyncio.Future[None]]], stored: bool) -> None:
-    for _, future in due:
-        if not future.done():
-            if stored:
-                future.set_result(None)
-            else:
-                future.set_exception(RecordRefusedError("the database refused this record"))

@@ -38,6 +38,8 @@ class JournalStats:
 
     appended: int = 0  # records made durable in this process's journal
     applied: int = 0  # of those, records the applier has finished (stored or refused)
+    segment: int = 1  # where the applier is in this process's journal: segment…
+    offset: int = 0  # …and byte offset (all before is in the database)
     refused: int = 0  # records the database refused, logged and skipped
     dropped: int = 0  # hits not journaled because the journal was full
     adopted: int = 0  # records applied from journals left by crashed processes
@@ -117,12 +119,13 @@ def segment_path(directory: Path, segment: int) -> Path:
     return directory / f"{segment:08d}.log"
 
 
-def _read_lines(path: Path, offset: int, end: int | None, limit: int) -> tuple[list[bytes], int]:
-    """Whole lines from `offset` (up to `end`, else the file's end), at most `limit`; and where they stop."""
+def _read_lines(path: Path, offset: int, limit: int) -> tuple[list[bytes], int]:
+    """Whole lines from `offset`, at most `limit`; and the offset after them."""
     with path.open("rb") as handle:
         handle.seek(offset)
-        data = handle.read(_READ_BYTES if end is None else min(_READ_BYTES, end - offset))
-    whole = data[: data.rfind(b"\n") + 1]  # a torn last line was never acknowledged: leave it
+        data = handle.read(_READ_BYTES)
+    # Only whole lines: a line still being written (or torn by a crash, never acknowledged) waits.
+    whole = data[: data.rfind(b"\n") + 1]
     lines = whole.split(b"\n")[:-1]
     if len(lines) > limit:
         lines = lines[:limit]
@@ -164,27 +167,26 @@ class SegmentApplier:
         self._careful = 0  # after a refused batch, this many records go one by one
         self.ahead = False  # the last batch took everything there was: the next may wait to fill
 
-    def step(self, written: Position | None, on_done: Callable[[int, bool], None]) -> bool | None:
-        """Apply the next batch up to `written` (None: to the end of every segment).
+    def step(self, on_done: Callable[[int, bool], None]) -> bool | None:
+        """Apply the next batch of whole lines; a segment is finished once a later one exists.
 
         True when something was applied, False when caught up, None when the database stayed
         unreachable while the journal was stopping (the rest waits for the next start).
         """
         segment, offset = self.position
         path = segment_path(self.directory, segment)
-        last_segment = written is not None and segment == written[0]
         limit = 1 if self._careful else self.batch_max
-        lines, end = (
-            _read_lines(path, offset, written[1] if last_segment and written else None, limit)
-            if path.exists()
-            else ([], offset)
-        )
+        lines, end = _read_lines(path, offset, limit) if path.exists() else ([], offset)
         if not lines:
-            if last_segment or not self._later_segment_exists(segment):
+            if not self._later_segment_exists(segment):
                 return False
-            path.unlink(missing_ok=True)
-            self.position = (segment + 1, 0)
-            return True
+            # The writer opens a segment only after its last write to the one before: read that once
+            # more now, so that nothing written just before the switch is left behind.
+            lines, end = _read_lines(path, offset, limit) if path.exists() else ([], offset)
+            if not lines:
+                path.unlink(missing_ok=True)
+                self.position = (segment + 1, 0)
+                return True
         return self._commit(lines, (segment, end), on_done)
 
     def _later_segment_exists(self, segment: int) -> bool:

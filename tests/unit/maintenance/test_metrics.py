@@ -66,7 +66,7 @@ def test_a_batch_counts_its_size_latency_and_event_types() -> None:
     assert metrics.BATCH_SIZE.count == before[1] + 1
 
 
-def test_the_endpoint_reports_queue_depth_rejected_tokens_and_jobs(
+def test_the_endpoint_reports_pending_journal_rejected_tokens_and_jobs(
     settings: Settings, engine: Engine
 ) -> None:
     app = create_app(settings, engine=engine)
@@ -80,7 +80,7 @@ def test_the_endpoint_reports_queue_depth_rejected_tokens_and_jobs(
     assert_valid_exposition(answer.text)
     for line in (
         "mailtrack_rejected_tokens_total 1",
-        "mailtrack_ingest_queue_depth 0",
+        "mailtrack_journal_pending_bytes 0",
         "mailtrack_ingest_failed_events_total 0",
         "# TYPE mailtrack_ingest_batch_seconds histogram",
         "# TYPE mailtrack_maintenance_runs_total counter",

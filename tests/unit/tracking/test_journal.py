@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -69,7 +71,7 @@ def orphan(root: Path, name: str, lines: list[bytes]) -> Path:
     """A journal directory as a killed process leaves it (its lock free)."""
     directory = root / name
     directory.mkdir(parents=True)
-    (directory / "lock").touch()
+    (directory / "writer.lock").touch()
     (directory / "00000001.log").write_bytes(b"".join(lines))
     return directory
 
@@ -114,7 +116,7 @@ def test_appended_hits_reach_the_database_and_the_journal_is_removed(engine: Eng
         await asyncio.gather(*(journal.append(hit(tenant_id, message_id, n)) for n in range(40)))
         assert journal.stats.appended == 40, "every append returned only once written"
         await asyncio.to_thread(journal.wait_until_applied)
-        assert journal.pending == 0
+        assert journal.pending_bytes == 0
 
     run_journal(journal, body)
     assert sorted(map(str, stored_referers(engine))) == sorted(f"https://ref.example/{n}" for n in range(40))
@@ -129,25 +131,14 @@ def test_a_do_not_track_record_marks_the_customer_and_stores_nothing(engine: Eng
     async def body(journal: HitJournal) -> None:
         await journal.append(hit(tenant_id, message_id, 1))
         await journal.append(hit(tenant_id, message_id, 2, kind=DO_NOT_TRACK))
-        await journal.append(hit(tenant_id, message_id, 3), until_applied=True)
+        await journal.append(hit(tenant_id, message_id, 3))
+        await asyncio.to_thread(journal.wait_until_applied)
 
     run_journal(HitJournal(engine, tmp_path), body)
     assert stored_referers(engine) == ["https://ref.example/1"], "the open after the DNT hit is refused"
     with engine.connect() as conn:
         marked = conn.execute(select(customers.c.do_not_track).where(customers.c.id == customer_id))
         assert marked.scalar_one() is True
-
-
-def test_until_applied_returns_once_the_database_has_the_event(engine: Engine, tmp_path: Path) -> None:
-    tenant_id, _, message_id = salon_message(engine)
-    seen: list[list[str | None]] = []
-
-    async def body(journal: HitJournal) -> None:
-        await journal.append(hit(tenant_id, message_id, 5, kind="unsubscribed"), until_applied=True)
-        seen.append(await asyncio.to_thread(stored_referers, engine))
-
-    run_journal(HitJournal(engine, tmp_path), body)
-    assert seen == [["https://ref.example/5"]]
 
 
 def test_a_crashed_processs_journal_is_applied_from_where_it_stopped(engine: Engine, tmp_path: Path) -> None:
@@ -227,18 +218,40 @@ def test_hits_answered_during_a_database_outage_are_stored_once_it_returns(
         pytest.skip("an outage is simulated by refusing connections to the PostgreSQL database")
     tenant_id, _, message_id = salon_message(engine)
     database = engine.url.database
-    pending: list[int] = []
+    pending: list[bool] = []
 
     async def body(journal: HitJournal) -> None:
         _pg_admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
         _pg_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'")
         try:
             await asyncio.gather(*(journal.append(hit(tenant_id, message_id, n)) for n in range(20)))
-            pending.append(journal.pending)
+            pending.append(journal.pending_bytes > 0)
         finally:
             _pg_admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
         await asyncio.to_thread(journal.wait_until_applied)
 
     run_journal(HitJournal(engine, tmp_path), body)
-    assert pending == [20], "answered while the database was down"
+    assert pending == [True], "answered while the database was down, not yet stored"
     assert len(stored_referers(engine)) == 20
+
+
+def test_an_applier_process_applies_the_journal_and_is_replaced_when_killed(
+    engine: Engine, database_url: str, tmp_path: Path
+) -> None:
+    tenant_id, _, message_id = salon_message(engine)
+    journal = HitJournal(engine, tmp_path, applier="process", database_url=database_url)
+    replaced: list[bool] = []
+
+    async def body(journal: HitJournal) -> None:
+        await asyncio.gather(*(journal.append(hit(tenant_id, message_id, n)) for n in range(10)))
+        await asyncio.to_thread(journal.wait_until_applied)
+        first = journal._applier
+        os.kill(first.pid, signal.SIGKILL)
+        await asyncio.gather(*(journal.append(hit(tenant_id, message_id, n)) for n in range(10, 20)))
+        await asyncio.to_thread(journal.wait_until_applied)
+        replaced.append(journal._applier is not first)
+
+    run_journal(journal, body)
+    assert replaced == [True], "a killed applier process is replaced"
+    assert sorted(map(str, stored_referers(engine))) == sorted(f"https://ref.example/{n}" for n in range(20))
+    assert not journal.directory.exists(), "the applier removes the journal once its writer stopped"
