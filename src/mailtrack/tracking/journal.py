@@ -68,6 +68,7 @@ SEGMENT_BYTES = 64 * 1024 * 1024
 # (answering hits) would wait that long behind it, so the GIL changes hands more often.
 SWITCH_INTERVAL = 0.0005
 _WATCH_SECONDS = 1.0
+_SEGMENT, _OFFSET = STAT_FIELDS.index("segment"), STAT_FIELDS.index("offset")
 
 
 class JournalFullError(RuntimeError):
@@ -143,10 +144,16 @@ class HitJournal:
     @property
     def pending_bytes(self) -> int:
         """Journal bytes accepted but not yet in the database."""
-        stats = self.stats
-        start = self._segment_starts.get(stats.segment)
-        applied = 0 if start is None else start + stats.offset
-        return max(self._written_bytes + sum(map(len, self._lines)) - applied, 0)
+        return max(self._written_bytes + sum(map(len, self._lines)) - self._applied_bytes(), 0)
+
+    def _applied_bytes(self) -> int:
+        # Called for every hit: reads the two numbers it needs, not the whole `stats`.
+        if self._counters is not None:
+            segment, offset = self._counters[_SEGMENT], self._counters[_OFFSET]
+        else:
+            segment, offset = self._applier_stats.segment, self._applier_stats.offset
+        start = self._segment_starts.get(segment)
+        return 0 if start is None else start + offset
 
     async def start(self) -> None:
         """Create this process's journal and start its applier."""
@@ -178,7 +185,7 @@ class HitJournal:
         """Return once the event is durable in the journal."""
         if self._loop is None or self.stopping:
             raise JournalStoppedError("the hit journal is not running")
-        if self.pending_bytes > self._max_bytes:
+        if self._written_bytes - self._applied_bytes() > self._max_bytes:
             self._stats.dropped += 1
             raise JournalFullError(f"{self._max_bytes} journal bytes wait for the database")
         durable: asyncio.Future[int] = self._loop.create_future()

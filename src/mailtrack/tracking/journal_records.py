@@ -30,6 +30,8 @@ _READ_BYTES = 4 * 1024 * 1024  # lines are at most a few KiB (agents and referer
 _RETRY_MAX_SECONDS = 5.0
 
 Position = tuple[int, int]  # segment number, byte offset
+# One encoder for every record: `json.dumps` with options builds a new one per call (1 µs of 2.6).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 @dataclass(slots=True)
@@ -62,7 +64,7 @@ def encode(event: EventIn) -> bytes:
         event.machine_reason,
         event.external_event_id,
     ]
-    return json.dumps(fields, separators=(",", ":")).encode("ascii") + b"\n"
+    return _ENCODER.encode(fields).encode("ascii") + b"\n"
 
 
 def decode(line: bytes) -> EventIn:
