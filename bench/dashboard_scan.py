@@ -304,7 +304,7 @@ def differences(expected: Figures, got: Figures, *, keys: Sequence[str] | None =
                     found.append(f"{key}.{inner}: {want.get(inner)!r} vs {have.get(inner)!r}")
         elif isinstance(want, list) and isinstance(have, list) and len(want) == len(have):
             found.extend(
-                f"{key}[{i}]: {a!r} != {b!r}"
+                f"{key}[{i}]: {a!r} vs {b!r}"
                 for i, (a, b) in enumerate(zip(want, have, strict=True))
                 if a != b
             )
