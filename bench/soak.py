@@ -173,11 +173,20 @@ def maintain(
 
 
 def rss_mib(pid: int) -> float:
-    """The process's resident set size, MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    """Resident set size of the process and its children (the journal applier), MiB."""
+    total = 0
+    for member in [pid, *_children(pid)]:
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
 
 
 def soak(backend: str, seconds: float, threads: int, every: float, max_growth: float) -> int:

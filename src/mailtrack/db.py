@@ -20,6 +20,8 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
 # Constraint names are explicit so that Alembic migrations are identical on both backends.
@@ -134,6 +136,24 @@ def bulk_insert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
     if rows:
         columns = list(rows[0])
         bulk_insert_rows(conn, table, columns, [tuple(row[name] for name in columns) for row in rows])
+
+
+class floor_int(FunctionElement[int]):  # noqa: N801  (SQL function naming)
+    """floor(x) as an integer, for x ≥ 0."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(floor_int)
+def _floor_int_default(element: floor_int, compiler: Any, **kw: Any) -> str:
+    return f"CAST(floor({compiler.process(element.clauses, **kw)}) AS INTEGER)"
+
+
+@compiles(floor_int, "sqlite")
+def _floor_int_sqlite(element: floor_int, compiler: Any, **kw: Any) -> str:
+    # SQLite's floor() exists only when built with math functions; CAST truncates, which is floor for x ≥ 0.
+    return f"CAST({compiler.process(element.clauses, **kw)} AS INTEGER)"
 
 
 BULK_TABLES = "customers, messages, links, events"

@@ -14,22 +14,18 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Float,
-    Integer,
     Table,
     and_,
-    case,
-    false,
+    bindparam,
     func,
-    literal,
     or_,
     select,
+    text,
 )
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.expression import FunctionElement
 
 from mailtrack.analytics import metrics
 from mailtrack.analytics.tables import MESSAGE_COUNTERS, rollup_links, rollup_messages, rollup_opens
+from mailtrack.db import UTCDateTime
 from mailtrack.messages.queries import fold_for_search
 from mailtrack.messages.tables import campaigns, customers, links, messages
 from mailtrack.tracking.tables import events
@@ -121,53 +117,20 @@ def first_open_breakdown(conn: Connection, *, cohort: CohortFilter) -> dict[tupl
 # --- engagement scores ------------------------------------------------------------------------------
 
 
-class floor_int(FunctionElement[int]):  # noqa: N801  (SQL function naming)
-    """floor(x) as an integer, for x ≥ 0."""
-
-    type = Integer()
-    inherit_cache = True
-
-
-@compiles(floor_int)
-def _floor_int_default(element: floor_int, compiler: Any, **kw: Any) -> str:
-    return f"CAST(floor({compiler.process(element.clauses, **kw)}) AS INTEGER)"
-
-
-@compiles(floor_int, "sqlite")
-def _floor_int_sqlite(element: floor_int, compiler: Any, **kw: Any) -> str:
-    # SQLite's floor() exists only when built with math functions; CAST truncates, which is floor for x ≥ 0.
-    return f"CAST({compiler.process(element.clauses, **kw)} AS INTEGER)"
-
-
 def _scored_where(tenant_id: int, now: dt.datetime) -> list[ColumnElement[bool]]:
-    # Mirrors metrics.judge_score: who has a score at all.
+    # Mirrors metrics.judge_score: `score` is NULL for whoever cannot be scored (do-not-track, nothing
+    # delivered); the 90-day window depends on now, so it is applied here.
     person = customers.c
     return [
         person.tenant_id == tenant_id,
-        person.do_not_track == false(),
-        person.tracked_sent > person.tracked_bounced,
-        person.w_sent - person.w_bounced > 0,
+        person.score.is_not(None),
         person.last_sent_at >= now - metrics.SCORE_WINDOW,
     ]
 
 
 def score_columns() -> tuple[ColumnElement[float], ColumnElement[int]]:
-    """(unrounded score, score) as SQL over customers; valid on rows `_scored_where` keeps."""
-    person = customers.c
-    # Same float operations, in the same order, as metrics.raw_score, so SQL and Python agree exactly.
-    raw = (
-        100.0
-        * (metrics.OPEN_WEIGHT * person.w_opened + metrics.CLICK_WEIGHT * person.w_clicked)
-        / func.nullif(person.w_sent - person.w_bounced, 0.0)
-    )
-    clamped = case((raw >= 100.0, literal(100.0, Float)), (raw <= 0.0, literal(0.0, Float)), else_=raw)
-    suppressed = or_(
-        person.unsubscribed_at.is_not(None),
-        person.complained_at.is_not(None),
-        person.hard_bounced_at.is_not(None),
-    )
-    score = case((suppressed, literal(0, Integer)), else_=floor_int(clamped + 0.5))
-    return clamped, score
+    """(unrounded score, score) over customers: columns the database computes (messages/tables.py)."""
+    return customers.c.score_raw, customers.c.score
 
 
 def _scored_customers(tenant_id: int, now: dt.datetime) -> Any:
@@ -189,18 +152,25 @@ def _scored_customers(tenant_id: int, now: dt.datetime) -> Any:
     )
 
 
+SCORE_COUNT_INDEX = "ix_customers_tenant_id_score_last_sent_at"
+
+
 def score_bucket_counts(conn: Connection, *, tenant_id: int, now: dt.datetime) -> dict[int, int]:
     """Bucket index (0–4) → scored customers in it."""
-    scored = _scored_customers(tenant_id, now)
-    bucket = case(
-        *(
-            (scored.c.score <= high, literal(index))
-            for index, (_low, high) in enumerate(metrics.BUCKETS[:-1])
-        ),
-        else_=literal(len(metrics.BUCKETS) - 1),
-    ).label("bucket")
-    rows = conn.execute(select(bucket, func.count().label("customers")).group_by(bucket))
-    return {int(row.bucket): int(row.customers) for row in rows}
+    # Counted per score from the index (tenant_id, score, last_sent_at) alone, never the table. SQLite's
+    # planner, without statistics, preferred (tenant_id, last_sent_at) and computed every score
+    # (1.9 s instead of 56 ms at 464k customers), hence the hint.
+    hint = f" INDEXED BY {SCORE_COUNT_INDEX}" if conn.dialect.name == "sqlite" else ""
+    query = text(
+        f"SELECT score, count(*) AS customers FROM customers{hint} "  # noqa: S608  (constant names)
+        "WHERE tenant_id = :tenant AND score IS NOT NULL AND last_sent_at >= :since GROUP BY score"
+    ).bindparams(bindparam("since", type_=UTCDateTime))
+    since = now - metrics.SCORE_WINDOW  # the same population as _scored_where
+    counts: dict[int, int] = {}
+    for row in conn.execute(query, {"tenant": tenant_id, "since": since}):
+        bucket = metrics.bucket_index(int(row.score))
+        counts[bucket] = counts.get(bucket, 0) + int(row.customers)
+    return counts
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from sqlalchemy import (
     Boolean,
     Column,
+    ColumnElement,
+    Computed,
     Float,
     ForeignKey,
     Index,
@@ -15,9 +17,52 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
+    case,
+    column,
+    false,
+    func,
+    literal,
+    null,
+    or_,
 )
 
-from mailtrack.db import BigId, UTCDateTime, metadata
+from mailtrack.analytics.metrics import CLICK_WEIGHT, OPEN_WEIGHT
+from mailtrack.db import BigId, UTCDateTime, floor_int, metadata
+
+
+def score_expressions() -> tuple[ColumnElement[float], ColumnElement[int]]:
+    """The engagement score as SQL over a customer row: (unrounded, clamped to 0–100; rounded score).
+
+    Both are NULL for a customer who cannot be scored (do-not-track, nothing delivered); a suppressed
+    customer scores 0. The float operations are those of metrics.raw_score, in the same order, so the
+    database and Python agree exactly. The database keeps them as generated columns: every write of
+    the aggregates (ingest, do-not-track, erasure, imports) updates the score, and the dashboard reads
+    buckets and top customers from an index instead of computing every customer's score per view.
+    """
+    number = {name: column(name, Float) for name in ("w_sent", "w_bounced", "w_opened", "w_clicked")}
+    raw = (
+        100.0
+        * (OPEN_WEIGHT * number["w_opened"] + CLICK_WEIGHT * number["w_clicked"])
+        / func.nullif(number["w_sent"] - number["w_bounced"], 0.0, type_=Float)
+    )
+    clamped = case((raw >= 100.0, literal(100.0, Float)), (raw <= 0.0, literal(0.0, Float)), else_=raw)
+    scored = and_(
+        column("do_not_track", Boolean) == false(),
+        column("tracked_sent", Integer) > column("tracked_bounced", Integer),
+        number["w_sent"] - number["w_bounced"] > 0,
+    )
+    suppressed = or_(
+        column("unsubscribed_at").is_not(None),
+        column("complained_at").is_not(None),
+        column("hard_bounced_at").is_not(None),
+    )
+    unrounded = case((scored, clamped), else_=null())
+    score = case((~scored, null()), (suppressed, literal(0, Integer)), else_=floor_int(clamped + 0.5))
+    return unrounded, score
+
+
+_SCORE_RAW, _SCORE = score_expressions()
 
 customers = Table(
     "customers",
@@ -51,8 +96,13 @@ customers = Table(
     Column("unsubscribed_at", UTCDateTime, nullable=True),
     Column("complained_at", UTCDateTime, nullable=True),
     Column("hard_bounced_at", UTCDateTime, nullable=True),
+    # Kept by the database (VIRTUAL on SQLite, STORED on PostgreSQL): see score_expressions().
+    Column("score_raw", Float, Computed(_SCORE_RAW), nullable=True),
+    Column("score", SmallInteger, Computed(_SCORE), nullable=True),
     UniqueConstraint("tenant_id", "external_id"),
     Index(None, "tenant_id", "last_sent_at"),  # the scored population: customers mailed in 90 days
+    Index(None, "tenant_id", "score", "last_sent_at"),  # bucket counts from the index alone
+    Index(None, "tenant_id", "score", "score_raw", "id"),  # best customers first, without sorting
 )
 
 campaigns = Table(
