@@ -382,9 +382,10 @@ def deployed_metadata(dialect: str) -> MetaData:
             continue  # SQLite keeps the unique index on events instead
         copied = declared.to_metadata(deployed)
         if declared.name == PARENT and dialect == "postgresql":
-            for index in copied.indexes:
+            for index in list(copied.indexes):
                 if [c.name for c in index.columns] == ["tenant_id", "external_event_id"]:
-                    index.unique = False  # event_external_ids holds the guarantee there
+                    # event_external_ids holds the guarantee there; the index went in 0010
+                    copied.indexes.discard(index)
     return deployed
 
 
