@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Connection,
     DateTime,
     Engine,
@@ -118,7 +119,7 @@ def bulk_insert_rows(
     if not rows:
         return
     dialect, names = conn.dialect, ", ".join(columns)
-    processors = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns]
+    processors = [_bulk_processor(table.c[name].type, dialect) for name in columns]
     if any(processors):
         rows = [tuple(p(v) if p else v for p, v in zip(processors, row, strict=True)) for row in rows]
     if dialect.name == "postgresql":
@@ -129,6 +130,25 @@ def bulk_insert_rows(
         return
     marks = ", ".join("?" * len(columns))
     conn.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", list(rows))  # noqa: S608  (our names)
+
+
+def _sqlite_utc_text(value: dt.datetime | None) -> str | None:
+    # What UTCDateTime and then SQLite's DATETIME processor make of a value, in one step (2× faster).
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetimes are ambiguous; pass a timezone-aware value")
+    return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _bulk_processor(column_type: Any, dialect: Dialect) -> Any:
+    """The bind processor bulk inserts use for a column type (None: pass values as they are)."""
+    if dialect.name == "sqlite":
+        if isinstance(column_type, UTCDateTime):
+            return _sqlite_utc_text
+        if isinstance(column_type, Boolean):
+            return None  # sqlite3 stores True/False as 1/0 itself
+    return column_type.dialect_impl(dialect).bind_processor(dialect)
 
 
 def bulk_insert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:

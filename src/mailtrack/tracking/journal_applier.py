@@ -43,6 +43,7 @@ APPLIER_LOCK = "applier.lock"
 # fixed cost per transaction dominated otherwise). It is also about the most a hit waits for the database.
 APPLY_LINGER_SECONDS = 0.05
 _ADOPT_INTERVAL_SECONDS = 60.0
+APPLIER_NICENESS = 10
 STAT_FIELDS = ("applied", "segment", "offset", "refused", "adopted", "batches", "last_batch_size")
 
 
@@ -200,6 +201,8 @@ def applier_process_main(
     # the parent dies the journal is finished first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Answering hits comes first; applying them may lag a little under a burst and catch up after.
+    os.nice(APPLIER_NICENESS)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     engine = make_engine(database_url)
     # A replacement applier carries on the counters of the one it replaces (its position it reads

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, insert, text, update
 
@@ -69,30 +70,42 @@ def encode(event: EventIn) -> bytes:
 
 def decode(line: bytes) -> EventIn:
     """The event a journal line holds; raises ValueError for a line that is not one."""
+    return decode_many([line])[0]
+
+
+def decode_many(lines: list[bytes]) -> list[EventIn]:
+    """The events of many journal lines, parsed as one JSON array; ValueError if one is not a record."""
     try:
-        tenant, message, kind, seconds, agent, ip, referer, position, reason, external = json.loads(line)
-        texts = (agent, ip, referer, reason, external)
-        if not (
-            isinstance(kind, str)
-            and all(isinstance(value, int) for value in (tenant, message, seconds))
-            and all(value is None or isinstance(value, str) for value in texts)
-            and (position is None or isinstance(position, int))
-        ):
-            raise TypeError("a field has the wrong type")
-        return EventIn(
-            tenant_id=tenant,
-            message_id=message,
-            type=kind,
-            occurred_at=dt.datetime.fromtimestamp(seconds, dt.UTC),
-            user_agent=agent,
-            ip=ip,
-            referer=referer,
-            link_position=position,
-            machine_reason=reason,
-            external_event_id=external,
-        )
+        items = json.loads(b"[" + b",".join(lines) + b"]")
+        if len(items) != len(lines):
+            raise ValueError("a line holds more or less than one record")
+        return [_event(item) for item in items]
     except (TypeError, ValueError, OverflowError, OSError) as exc:
         raise ValueError(f"not a journal record: {exc}") from None
+
+
+def _event(item: Any) -> EventIn:
+    tenant, message, kind, seconds, agent, ip, referer, position, reason, external = item
+    texts = (agent, ip, referer, reason, external)
+    if not (
+        isinstance(kind, str)
+        and all(isinstance(value, int) for value in (tenant, message, seconds))
+        and all(value is None or isinstance(value, str) for value in texts)
+        and (position is None or isinstance(position, int))
+    ):
+        raise TypeError("a field has the wrong type")
+    return EventIn(
+        tenant_id=tenant,
+        message_id=message,
+        type=kind,
+        occurred_at=dt.datetime.fromtimestamp(seconds, dt.UTC),
+        user_agent=agent,
+        ip=ip,
+        referer=referer,
+        link_position=position,
+        machine_reason=reason,
+        external_event_id=external,
+    )
 
 
 def apply_records(engine: Engine, journal: str, records: list[EventIn], end: Position) -> None:
@@ -199,7 +212,7 @@ class SegmentApplier:
         while True:
             started = time.perf_counter()
             try:
-                records = [decode(line) for line in lines]
+                records = decode_many(lines)
                 apply_records(engine, self.name, records, end)
             except Exception as exc:  # noqa: BLE001  (driver errors and bad records are told apart below)
                 if not database_answers(engine):
