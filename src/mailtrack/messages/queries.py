@@ -195,11 +195,21 @@ def link_url(conn: Connection, *, tenant_id: int, message_id: int, position: int
 
 
 @dataclass(slots=True)
+class UrlClicks:
+    """Whether a person clicked a URL of a message yet, whichever of its links carried it."""
+
+    clicked: bool
+
+
+@dataclass(slots=True)
 class LinkState:
     """A link's target and its human clicks so far."""
 
     url: str
     human_clicks: int
+    # Shared by the links of one message with the same URL (a header and a button to the same page):
+    # a message counts once in the URL's unique clicks.
+    url_clicks: UrlClicks
 
 
 LinkKey = tuple[int, int, int]
@@ -213,6 +223,7 @@ def link_states(conn: Connection, *, keys: Sequence[LinkKey]) -> dict[LinkKey, L
     for tenant_id, message_id, _ in wanted:
         messages_by_tenant.setdefault(tenant_id, set()).add(message_id)
     result: dict[LinkKey, LinkState] = {}
+    by_url: dict[tuple[int, int, str], UrlClicks] = {}
     for tenant_id, message_set in sorted(messages_by_tenant.items()):
         message_list = sorted(message_set)
         for start in range(0, len(message_list), 500):
@@ -224,10 +235,12 @@ def link_states(conn: Connection, *, keys: Sequence[LinkKey]) -> dict[LinkKey, L
                     links.c.tenant_id, links.c.message_id, links.c.position, links.c.url, links.c.human_clicks
                 ).where(links.c.tenant_id == tenant_id, links.c.message_id.in_(chunk))
             )
-            for row in rows:
+            for row in rows:  # every link of these messages: a wanted one's twins decide its uniqueness
+                shared = by_url.setdefault((row.tenant_id, row.message_id, row.url), UrlClicks(False))
+                shared.clicked = shared.clicked or row.human_clicks > 0
                 key = (row.tenant_id, row.message_id, row.position)
                 if key in wanted:
-                    result[key] = LinkState(row.url, row.human_clicks)
+                    result[key] = LinkState(row.url, row.human_clicks, shared)
     return result
 
 

@@ -347,7 +347,8 @@ def _apply(
             # A click proves the message was opened even when images were blocked.
             _first_human_open(state, at, agent, key, weight, tally, customer)
             if link is not None:
-                tally.link(key, link.url, unique=link.human_clicks == 0)
+                tally.link(key, link.url, unique=not link.url_clicks.clicked)
+                link.url_clicks.clicked = True
                 link.human_clicks += 1
                 human_link_click = True
             if state.clicked_at is None:

@@ -252,3 +252,21 @@ def test_suppression_keeps_its_first_cause(engine: Engine) -> None:
     )
     assert person.unsubscribed_at == T0 + dt.timedelta(minutes=120), "the first unsubscribe is kept"
     assert person.complained_at == T0 + dt.timedelta(minutes=300)
+
+
+def test_a_url_linked_twice_in_a_message_counts_it_once_in_unique_clicks(engine: Engine) -> None:
+    tenant = make_tenant(engine)
+    customer = make_customer(engine, tenant.id)
+    twice = ("https://salon.example/gift", "https://other.example/", "https://salon.example/gift")
+    message = make_message(engine, tenant.id, customer, sent_at=T0, links=twice)
+    ingest(engine, _event(tenant.id, message, "sent", 0))
+    ingest(engine, _event(tenant.id, message, "clicked", 30, user_agent=DESKTOP_CHROME, link_position=0))
+    ingest(engine, _event(tenant.id, message, "clicked", 40, user_agent=DESKTOP_CHROME, link_position=2))
+    with engine.connect() as conn:
+        links = {
+            row.url: (row.clicks, row.unique_clicks)
+            for row in conn.execute(
+                select(rollup_links.c.url, rollup_links.c.clicks, rollup_links.c.unique_clicks)
+            )
+        }
+    assert links == {"https://salon.example/gift": (2, 1)}, "the header and the button are one URL"
