@@ -230,44 +230,26 @@ def render_metrics(state: Any) -> str:
     tracking = getattr(state, "tracking", None)
     journal = getattr(tracking, "journal", None)
     stats = getattr(journal, "stats", None)
-    lines += _scraped(
-        "mailtrack_rejected_tokens_total",
-        "counter",
-        "Tracking requests whose token did not verify.",
-        getattr(tracking, "rejected_tokens", None),
-    )
-    lines += _scraped(
-        "mailtrack_journal_pending_bytes",
-        "gauge",
-        "Journal bytes (about 300 per hit) not yet applied to the database.",
-        getattr(journal, "pending_bytes", None),
-    )
-    lines += _scraped(
-        "mailtrack_ingest_batches_total",
-        "counter",
-        "Journal batches applied.",
-        getattr(stats, "batches", None),
-    )
-    lines += _scraped(
-        "mailtrack_ingest_failed_events_total",
-        "counter",
-        "Journaled hits the database refused (logged and skipped).",
-        getattr(stats, "refused", None),
-    )
-    lines += _scraped(
-        "mailtrack_journal_dropped_total",
-        "counter",
-        "Hits answered but not recorded because the journal was full (database down too long).",
-        getattr(stats, "dropped", None),
-    )
-    lines += _scraped(
-        "mailtrack_journal_adopted_total",
-        "counter",
-        "Hits applied from journals that crashed processes left behind.",
-        getattr(stats, "adopted", None),
-    )
-    lines += _scraped("process_resident_memory_bytes", "gauge", "Resident memory size.", _rss_bytes())
-    lines += _scraped("mailtrack_scrape_timestamp_seconds", "gauge", "Unix time of this scrape.", time.time())
+    scraped: list[tuple[str, str, str, float | None]] = [
+        ("mailtrack_rejected_tokens_total", "counter", "Tracking requests whose token did not verify.",
+         getattr(tracking, "rejected_tokens", None)),
+        ("mailtrack_journal_pending_bytes", "gauge",
+         "Journal bytes (about 300 per hit) not yet applied to the database.",
+         getattr(journal, "pending_bytes", None)),
+        ("mailtrack_ingest_batches_total", "counter", "Journal batches applied.",
+         getattr(stats, "batches", None)),
+        ("mailtrack_ingest_failed_events_total", "counter",
+         "Journaled hits the database refused (logged and skipped).", getattr(stats, "refused", None)),
+        ("mailtrack_journal_dropped_total", "counter",
+         "Hits answered but not recorded because the journal was full (database down too long).",
+         getattr(stats, "dropped", None)),
+        ("mailtrack_journal_adopted_total", "counter",
+         "Hits applied from journals that crashed processes left behind.", getattr(stats, "adopted", None)),
+        ("process_resident_memory_bytes", "gauge", "Resident memory size.", _rss_bytes()),
+        ("mailtrack_scrape_timestamp_seconds", "gauge", "Unix time of this scrape.", time.time()),
+    ]  # fmt: skip
+    for name, kind, help_text, value in scraped:
+        lines += _scraped(name, kind, help_text, value)
     return "\n".join(lines) + "\n"
 
 
