@@ -11,11 +11,13 @@ app, then checks that every answered hit is a stored event.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from sqlalchemy import func, select
 
@@ -103,6 +105,24 @@ def stored_events(database_url: str) -> int:
     return count
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """CPU time so far of the process's live children (the journal applier), in seconds."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                total += cpu_seconds(int(child))
+            except FileNotFoundError:  # exited meanwhile
+                continue
+    return total
+
+
 def catch_up(database_url: str, answered: int, timeout: float = 300.0) -> float:
     """Seconds until the database holds as many events as hits were answered (the applier's lag)."""
     started = time.monotonic()
@@ -124,19 +144,20 @@ def main() -> int:
     backends = ["sqlite"] + (["postgresql"] if postgres_available() else [])
     print(
         f"wrk -t2 -c{args.connections} -d{args.seconds}s; "
-        "ratio = Mailtrack rate / bare ASGI app rate (same run)"
+        "ratio = Mailtrack rate / bare ASGI app rate (same run); cpu µs = CPU time of the server "
+        "process per answered hit, appl µs = of its journal applier process until the database has them"
     )
     print(
         f"{'backend':<11}{'endpoint':<9}{'hits/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'bare/s':>9}{'ratio':>7}"
-        f"{'db lag s':>9}{'answered':>10}{'stored':>9}"
+        f"{'db lag s':>9}{'cpu µs':>8}{'appl µs':>8}{'answered':>10}{'stored':>9}"
     )
     for backend in backends:
         port = free_port()
         with scratch_database(backend, "mt_bench_tracking") as url:
             pixel, click = prepare(url, port)
             command, env = mailtrack_serve(url, port)
-            results, lag = {}, {}
-            with server(command, env=env, port=port):
+            results, lag, cpu = {}, {}, {}
+            with server(command, env=env, port=port) as process:
                 # Warm-up, not measured (both servers get one): startup work (the send-time model fit,
                 # the first maintenance run, the applier process starting) is not the steady state.
                 warm = wrk(
@@ -144,12 +165,18 @@ def main() -> int:
                 )
                 answered_so_far = int(warm["requests"] - warm["non_2xx_3xx"])
                 for name, path in (("/o", pixel), ("/c", click)):
+                    catch_up(url, answered_so_far)  # the applier is idle when measuring starts
+                    server_cpu, applier_cpu = cpu_seconds(process.pid), children_cpu_seconds(process.pid)
                     results[name] = wrk(
                         f"http://127.0.0.1:{port}{path}", seconds=args.seconds, connections=args.connections
                     )
+                    server_cpu = cpu_seconds(process.pid) - server_cpu
                     # Hits are answered once journaled; time how long the database takes to have them all.
-                    answered_so_far += int(results[name]["requests"] - results[name]["non_2xx_3xx"])
+                    hits = int(results[name]["requests"] - results[name]["non_2xx_3xx"])
+                    answered_so_far += hits
                     lag[name] = catch_up(url, answered_so_far)
+                    applier_cpu = children_cpu_seconds(process.pid) - applier_cpu
+                    cpu[name] = (server_cpu * 1e6 / max(hits, 1), applier_cpu * 1e6 / max(hits, 1))
             stored = stored_events(url)
         bare_port = free_port()
         bare_cmd = [
@@ -167,20 +194,25 @@ def main() -> int:
             "--http",
             "httptools",
         ]
-        with server(bare_cmd, env={}, port=bare_port):
+        with server(bare_cmd, env={}, port=bare_port) as bare_process:
             wrk(f"http://127.0.0.1:{bare_port}/o/x", seconds=args.warmup, connections=args.connections)
+            bare_cpu = cpu_seconds(bare_process.pid)
             bare = wrk(
                 f"http://127.0.0.1:{bare_port}/o/x", seconds=args.seconds, connections=args.connections
             )
+            bare_cpu = (cpu_seconds(bare_process.pid) - bare_cpu) * 1e6 / max(int(bare["requests"]), 1)
         answered = answered_so_far
         for name, r in results.items():
             print(
                 f"{backend:<11}{name:<9}{r['rate']:>9.0f}{r['p50']:>8.2f}{r['p99']:>8.2f}{bare['rate']:>9.0f}"
-                f"{r['rate'] / bare['rate']:>7.2f}{lag[name]:>9.2f}",
+                f"{r['rate'] / bare['rate']:>7.2f}{lag[name]:>9.2f}{cpu[name][0]:>8.1f}{cpu[name][1]:>8.1f}",
                 end="",
             )
             print(f"{answered:>10}{stored:>9}" if name == "/c" else "")
-        print(f"{'':<11}{'bare':<9}{bare['rate']:>9.0f}{bare['p50']:>8.2f}{bare['p99']:>8.2f}")
+        print(
+            f"{'':<11}{'bare':<9}{bare['rate']:>9.0f}{bare['p50']:>8.2f}{bare['p99']:>8.2f}"
+            f"{'':>9}{'':>7}{'':>9}{bare_cpu:>8.1f}"
+        )
         if stored < answered:
             print(
                 f"LOST HITS on {backend}: {answered - stored} answered hits are not stored", file=sys.stderr
