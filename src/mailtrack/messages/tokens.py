@@ -48,6 +48,9 @@ _KEY_LABEL = b"mailtrack-token-v1"
 _MIN_BYTES = 4 + MAC_BYTES
 _B64_TEXT = re.compile(r"[A-Za-z0-9_-]+")
 _B32_TEXT = re.compile(r"[a-z2-7]+")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_B64_PADDING = (b"", b"===", b"==", b"=")  # by length % 4; 1 cannot be base64 and is refused before
 
 
 class TokenKind(enum.IntEnum):
@@ -59,7 +62,8 @@ class TokenKind(enum.IntEnum):
     BOUNCE = 4
 
 
-_KINDS = frozenset(int(kind) for kind in TokenKind)
+# A dict lookup instead of `TokenKind(byte)`: the enum's constructor is Python code, run on every hit.
+_KIND_BY_BYTE = {int(kind): kind for kind in TokenKind}
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,11 +143,14 @@ class TokenCodec:
             return None
         if not _B64_TEXT.fullmatch(text) or len(text) % 4 == 1:
             return None
+        # binascii directly, not `base64.urlsafe_b64decode` and `_b64`: the same conversions with a
+        # third of the Python calls, on every hit.
+        data = text.encode("ascii")
         try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            raw = binascii.a2b_base64(data.translate(_FROM_URLSAFE) + _B64_PADDING[len(data) % 4])
         except (binascii.Error, ValueError):
             return None
-        if _b64(raw) != text:
+        if binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).rstrip(b"=") != data:
             return None
         return self._open(raw, kind)
 
@@ -202,10 +209,8 @@ class TokenCodec:
             return None
         # Only authenticated bytes get parsed below, yet parsing stays strict: a leaked key must not
         # be able to mint tokens that decode differently elsewhere.
-        if body[1] not in _KINDS:
-            return None
-        kind = TokenKind(body[1])
-        if expected is not None and kind is not expected:
+        kind = _KIND_BY_BYTE.get(body[1])
+        if kind is None or (expected is not None and kind is not expected):
             return None
         tenant = _get_varint(body, 2, MAX_ID)
         if tenant is None:

@@ -14,7 +14,7 @@ from starlette.types import Receive, Scope, Send
 from mailtrack.maintenance.metrics import HITS
 from mailtrack.maintenance.security import SECURITY_HEADERS, TRACKING_PREFIXES
 from mailtrack.messages.tokens import TokenKind
-from mailtrack.tracking.hits import NO_CACHE, PIXEL_GIF, Hit, Tracking, page, record
+from mailtrack.tracking.hits import NO_CACHE, PIXEL_GIF, Tracking, page, record
 
 _PIXEL_HEADERS = [
     (b"content-type", b"image/gif"),
@@ -35,22 +35,6 @@ _REDIRECT_HEADERS = [
     (b"content-length", b"0"),
     *((name, value) for name, value in SECURITY_HEADERS if name != b"referrer-policy"),
 ]
-_WANTED = {b"user-agent", b"referer", b"dnt", b"sec-gpc", b"x-forwarded-for"}
-
-
-def _hit(scope: Scope) -> Hit:
-    headers = {
-        name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"] if name in _WANTED
-    }
-    client = scope.get("client")
-    return Hit(scope["method"], headers, client[0] if client else None)
-
-
-async def _respond(
-    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes, method: str
-) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
 
 
 class TrackingFastPath:
@@ -69,33 +53,28 @@ class TrackingFastPath:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"]
+        # One coroutine for the whole hit: each further `async def` layer costs a frame per request.
+        tracking, path, method = self.tracking, scope["path"], scope["method"]
         if path.startswith("/o/"):
-            await self._open(self.tracking, scope, send, path[3:])
+            HITS.inc("open")
+            token = tracking.codec.decode(path[3:].removesuffix(".gif"), kind=TokenKind.OPEN)
+            if token is None:
+                tracking.rejected_tokens += 1
+            else:
+                await record(tracking, scope, token, "opened")
+            status, headers, body = 200, _PIXEL_HEADERS, PIXEL_GIF
         else:
-            await self._click(self.tracking, scope, send, path[3:])
-
-    async def _open(self, tracking: Tracking, scope: Scope, send: Send, text: str) -> None:
-        HITS.inc("open")
-        token = tracking.codec.decode(text.removesuffix(".gif"), kind=TokenKind.OPEN)
-        if token is None:
-            tracking.rejected_tokens += 1
-        else:
-            await record(tracking, _hit(scope), token, "opened")
-        await _respond(send, 200, _PIXEL_HEADERS, PIXEL_GIF, scope["method"])
-
-    async def _click(self, tracking: Tracking, scope: Scope, send: Send, text: str) -> None:
-        HITS.inc("click")
-        token = tracking.codec.decode(text, kind=TokenKind.CLICK)
-        url = await tracking.links.target(token) if token is not None else None
-        if token is None or url is None:
-            tracking.rejected_tokens += token is None
-            await _respond(send, 404, _NOT_FOUND_HEADERS, _NOT_FOUND, scope["method"])
-            return
-        await record(tracking, _hit(scope), token, "clicked")
-        await _respond(
-            send, 302, [(b"location", url.encode("utf-8")), *_REDIRECT_HEADERS], b"", scope["method"]
-        )
+            HITS.inc("click")
+            token = tracking.codec.decode(path[3:], kind=TokenKind.CLICK)
+            url = await tracking.links.target(token) if token is not None else None
+            if token is None or url is None:
+                tracking.rejected_tokens += token is None
+                status, headers, body = 404, _NOT_FOUND_HEADERS, _NOT_FOUND
+            else:
+                await record(tracking, scope, token, "clicked")
+                status, headers, body = 302, [(b"location", url.encode("utf-8")), *_REDIRECT_HEADERS], b""
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
 
 
 OPENAPI_PATHS: dict[str, Any] = {

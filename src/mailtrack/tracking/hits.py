@@ -1,17 +1,20 @@
 """What a tracking hit means, independent of the web framework: decode, build the event, record it.
 
-Both the raw ASGI fast path (`/o`, `/c`) and the framework routes (`/u`) use these functions.
+The raw ASGI fast path (`/o`, `/c`) journals hits with `record`; the framework route `/u` stores the
+event of `event_for`. Both take what they record from the request through `_details`.
 """
 
 from __future__ import annotations
 
 import html
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Scope
 
 from mailtrack.config import Settings
 from mailtrack.db import utcnow
@@ -20,6 +23,7 @@ from mailtrack.messages.tokens import TokenCodec, TrackingToken
 from mailtrack.tracking.ingest import EventIn
 from mailtrack.tracking.ipaddr import client_ip
 from mailtrack.tracking.journal import DO_NOT_TRACK, HitJournal
+from mailtrack.tracking.journal_records import record_line
 
 log = logging.getLogger(__name__)
 
@@ -57,38 +61,89 @@ class Hit:
     peer: str | None
 
 
-def privacy_signal(hit: Hit) -> bool:
+def _asks_privacy(dnt: str | None, gpc: str | None) -> bool:
     """True when the request carries Do-Not-Track or Global Privacy Control."""
-    return hit.headers.get("dnt", "").strip() == "1" or hit.headers.get("sec-gpc", "").strip() == "1"
+    return (dnt is not None and dnt.strip() == "1") or (gpc is not None and gpc.strip() == "1")
+
+
+def _details(
+    tracking: Tracking,
+    method: str,
+    agent: str | None,
+    referer: str | None,
+    forwarded_for: str | None,
+    peer: str | None,
+    token: TrackingToken,
+    kind: str,
+) -> tuple[str | None, str | None, str | None, int | None, str | None]:
+    """What a hit records besides ids and time: agent, address, referer, link position, machine reason."""
+    return (
+        agent[:MAX_AGENT_CHARS] if agent else None,
+        client_ip(peer, forwarded_for, tracking.settings.trusted_proxies),
+        referer[:MAX_REFERER_CHARS] if referer else None,
+        token.link_position if kind == "clicked" else None,
+        "head_request" if method == "HEAD" else None,
+    )
 
 
 def event_for(tracking: Tracking, hit: Hit, token: TrackingToken, kind: str) -> EventIn:
     """The event a hit records."""
-    agent = hit.headers.get("user-agent")
-    referer = hit.headers.get("referer")
-    return EventIn(
-        tenant_id=token.tenant_id,
-        message_id=token.message_id,
-        type=kind,
-        occurred_at=utcnow(),
-        user_agent=agent[:MAX_AGENT_CHARS] if agent else None,
-        ip=client_ip(hit.peer, hit.headers.get("x-forwarded-for"), tracking.settings.trusted_proxies),
-        referer=referer[:MAX_REFERER_CHARS] if referer else None,
-        link_position=token.link_position if kind == "clicked" else None,
-        machine_reason="head_request" if hit.method == "HEAD" else None,
+    headers = hit.headers
+    agent, ip, referer, position, reason = _details(
+        tracking,
+        hit.method,
+        headers.get("user-agent"),
+        headers.get("referer"),
+        headers.get("x-forwarded-for"),
+        hit.peer,
+        token,
+        kind,
     )
+    return EventIn(token.tenant_id, token.message_id, kind, utcnow(), agent, ip, referer, position, reason)
 
 
-async def record(tracking: Tracking, hit: Hit, token: TrackingToken, kind: str) -> None:
+def journal_line(tracking: Tracking, scope: Scope, token: TrackingToken, kind: str) -> bytes:
+    """The journal line of an open or click, read straight from the ASGI request (the hot path's `event_for`).
+
+    A DNT/GPC hit gives a do-not-track mark that records nothing about the request, not even its address.
+    """
+    agent = referer = forwarded_for = dnt = gpc = None
+    for name, value in scope["headers"]:  # lower-case names; the last of repeated headers counts
+        if name == b"user-agent":
+            agent = value.decode("latin-1")
+        elif name == b"referer":
+            referer = value.decode("latin-1")
+        elif name == b"x-forwarded-for":
+            forwarded_for = value.decode("latin-1")
+        elif name == b"dnt":
+            dnt = value.decode("latin-1")
+        elif name == b"sec-gpc":
+            gpc = value.decode("latin-1")
+    # Whole seconds, as events are stored; what `int(utcnow().timestamp())` gives, for a tenth of the cost.
+    now = int(time.time())
+    if _asks_privacy(dnt, gpc):
+        return record_line(token.tenant_id, token.message_id, DO_NOT_TRACK, now)
+    client = scope.get("client")
+    details = _details(
+        tracking,
+        scope["method"],
+        agent,
+        referer,
+        forwarded_for,
+        client[0] if client else None,
+        token,
+        kind,
+    )
+    return record_line(token.tenant_id, token.message_id, kind, now, *details)
+
+
+async def record(tracking: Tracking, scope: Scope, token: TrackingToken, kind: str) -> None:
     """Journal an open or click (returns once durable); a DNT/GPC hit only marks the customer do-not-track.
 
     Never raises: the pixel must render and the reader must reach the link whatever happened.
     """
     try:
-        event = event_for(tracking, hit, token, kind)
-        if privacy_signal(hit):  # record nothing about the hit itself, not even its address
-            event = EventIn(event.tenant_id, event.message_id, DO_NOT_TRACK, event.occurred_at)
-        await tracking.journal.append(event)
+        await tracking.journal.append_line(journal_line(tracking, scope, token, kind))
     except Exception:
         log.exception("%s of message %s not recorded", kind, token.message_id)
 

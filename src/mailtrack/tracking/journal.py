@@ -105,8 +105,11 @@ class HitJournal:
         self._stats = JournalStats()  # the writer's own counters; the applier's are merged in `stats`
         self._applier_stats = JournalStats()
         self._lines: list[bytes] = []
-        self._waiters: list[asyncio.Future[int]] = []  # resolved with the record's number once durable
+        self._waiters: list[asyncio.Future[None]] = []  # resolved once their lines are durable
         self._written_bytes = 0
+        # Bytes the journal may still take before refusing hits, as of the last flush: the applier's
+        # position is read once per flush, not once per hit.
+        self._room = max_bytes
         self._segment_starts = {1: 0}  # bytes written before each segment
         self._flush_scheduled = False
         self._syncing = False
@@ -183,18 +186,27 @@ class HitJournal:
 
     async def append(self, event: EventIn) -> None:
         """Return once the event is durable in the journal."""
+        await self.append_line(encode(event))
+
+    def append_line(self, line: bytes) -> asyncio.Future[None]:
+        """Queue one encoded record; the future is done once it is durable (a plain function: no coroutine).
+
+        Raises JournalStoppedError, or JournalFullError when the database is too far behind.
+        """
         if self._loop is None or self.stopping:
             raise JournalStoppedError("the hit journal is not running")
-        if self._written_bytes - self._applied_bytes() > self._max_bytes:
-            self._stats.dropped += 1
-            raise JournalFullError(f"{self._max_bytes} journal bytes wait for the database")
-        durable: asyncio.Future[int] = self._loop.create_future()
-        self._lines.append(encode(event))
+        if self._room < 0:  # known only as of the last flush: look again before refusing
+            self._room = self._max_bytes - (self._written_bytes - self._applied_bytes())
+            if self._room < 0:
+                self._stats.dropped += 1
+                raise JournalFullError(f"{self._max_bytes} journal bytes wait for the database")
+        durable: asyncio.Future[None] = self._loop.create_future()
+        self._lines.append(line)
         self._waiters.append(durable)
         if not self._flush_scheduled:  # one flush for everything appended in this loop iteration
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
-        await durable
+        return durable
 
     def wait_until_applied(self, timeout: float = 60.0) -> None:
         """Block until everything appended so far is in the database (for tests; not on the event loop)."""
@@ -312,11 +324,11 @@ class HitJournal:
 
         sync.add_done_callback(synced)
 
-    def _durable(self, count: int, size: int, waiters: list[asyncio.Future[int]]) -> None:
-        first = self._stats.appended + 1
+    def _durable(self, count: int, size: int, waiters: list[asyncio.Future[None]]) -> None:
         self._stats.appended += count
         self._written_bytes += size
-        _settle(waiters, first)
+        self._room = self._max_bytes - (self._written_bytes - self._applied_bytes())
+        _settle(waiters, None)
 
     def _write(self, data: bytes) -> None:
         assert self._segment_fd is not None
@@ -341,11 +353,11 @@ class HitJournal:
             save_position(conn, self.name, (1, 0))
 
 
-def _settle(waiters: list[asyncio.Future[int]], outcome: int | OSError) -> None:
-    """Wake the hits of one flush: with their record numbers once durable, or with the error."""
-    for offset, future in enumerate(waiters):
-        if not future.done():
-            if isinstance(outcome, OSError):
-                future.set_exception(outcome)
+def _settle(waiters: list[asyncio.Future[None]], error: OSError | None) -> None:
+    """Wake the hits of one flush: durable, or failed with the error."""
+    for future in waiters:
+        if not future.done():  # its request was cancelled (the client went away)
+            if error is None:
+                future.set_result(None)
             else:
-                future.set_result(outcome + offset)
+                future.set_exception(error)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, delete, insert, text, update
 
 from mailtrack.db import utcnow, write_transaction
@@ -31,7 +32,8 @@ _READ_BYTES = 4 * 1024 * 1024  # lines are at most a few KiB (agents and referer
 _RETRY_MAX_SECONDS = 5.0
 
 Position = tuple[int, int]  # segment number, byte offset
-# One encoder for every record: `json.dumps` with options builds a new one per call (1 µs of 2.6).
+# For what orjson refuses (lone surrogates, integers past 64 bits); built once: `json.dumps` with
+# options builds a new encoder per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
@@ -53,7 +55,7 @@ class JournalStats:
 
 def encode(event: EventIn) -> bytes:
     """One journal line for an event (or a do-not-track mark)."""
-    fields = [
+    return record_line(
         event.tenant_id,
         event.message_id,
         event.type,
@@ -64,8 +66,40 @@ def encode(event: EventIn) -> bytes:
         event.link_position,
         event.machine_reason,
         event.external_event_id,
+    )
+
+
+def record_line(
+    tenant_id: int,
+    message_id: int,
+    kind: str,
+    seconds: int,
+    user_agent: str | None = None,
+    ip: str | None = None,
+    referer: str | None = None,
+    link_position: int | None = None,
+    machine_reason: str | None = None,
+    external_event_id: str | None = None,
+) -> bytes:
+    """One journal line from its fields: the hot path builds it straight from a request, without an event."""
+    fields = [
+        tenant_id,
+        message_id,
+        kind,
+        seconds,
+        user_agent,
+        ip,
+        referer,
+        link_position,
+        machine_reason,
+        external_event_id,
     ]
-    return _ENCODER.encode(fields).encode("ascii") + b"\n"
+    # orjson takes 0.2 µs where the standard library's encoder takes 2 (every hit pays it). Its UTF-8
+    # output never holds a raw newline byte, so a record stays one line.
+    try:
+        return orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:  # no request header can hold these: they come decoded as Latin-1
+        return _ENCODER.encode(fields).encode("ascii") + b"\n"
 
 
 def decode(line: bytes) -> EventIn:
