@@ -1,13 +1,14 @@
 """Analytics reads: cohort sums from the rollups, scores from customer aggregates, the event log.
 
-The stats never scan raw events: cards, links, devices and clients sum rollup rows keyed by cohort hour,
-and scores come from the per-customer aggregates ingest keeps. Only the event log (a keyset page over an
-index) reads the events table.
+The stats never scan raw events: cards, links, devices and clients sum rollup rows keyed by cohort day
+and hour (`cohort_sums`), and scores come from the per-customer aggregates ingest keeps. Only the event
+log (a keyset page over an index) reads the events table.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,15 @@ from sqlalchemy import (
 )
 
 from mailtrack.analytics import metrics
-from mailtrack.analytics.tables import MESSAGE_COUNTERS, rollup_links, rollup_messages, rollup_opens
+from mailtrack.analytics.rollups import utc_day
+from mailtrack.analytics.tables import (
+    DAILY,
+    MESSAGE_COUNTERS,
+    link_totals,
+    rollup_links,
+    rollup_messages,
+    rollup_opens,
+)
 from mailtrack.db import UTCDateTime
 from mailtrack.messages.queries import fold_for_search
 from mailtrack.messages.tables import campaigns, customers, links, messages
@@ -46,12 +55,28 @@ class CohortFilter:
     campaign_id: int | None = None
 
 
-def _cohort_where(table: Table, cohort: CohortFilter) -> list[ColumnElement[bool]]:
-    clauses = [
-        table.c.tenant_id == cohort.tenant_id,
-        table.c.hour >= cohort.start,
-        table.c.hour < cohort.end,
-    ]
+def cohort_spans(hourly: Table, cohort: CohortFilter) -> list[tuple[Table, dt.datetime, dt.datetime]]:
+    """(rollup table, start, end) covering the cohort: daily rows for its whole UTC days, hourly rows
+    for the hours before the first and after the last of them."""
+    first_day = utc_day(cohort.start)
+    if first_day < cohort.start:
+        first_day += dt.timedelta(days=1)
+    end_day = utc_day(cohort.end)
+    if end_day <= first_day:
+        return [(hourly, cohort.start, cohort.end)]
+    spans = [(DAILY[hourly], first_day, end_day)]
+    if cohort.start < first_day:
+        spans.append((hourly, cohort.start, first_day))
+    if end_day < cohort.end:
+        spans.append((hourly, end_day, cohort.end))
+    return spans
+
+
+def _cohort_where(
+    table: Table, cohort: CohortFilter, start: dt.datetime, end: dt.datetime
+) -> list[ColumnElement[bool]]:
+    moment = table.c.hour if "hour" in table.c else table.c.day
+    clauses = [table.c.tenant_id == cohort.tenant_id, moment >= start, moment < end]
     if cohort.channel is not None:
         clauses.append(table.c.channel == cohort.channel)
     if cohort.source is not None:
@@ -59,6 +84,31 @@ def _cohort_where(table: Table, cohort: CohortFilter) -> list[ColumnElement[bool
     if cohort.campaign_id is not None:
         clauses.append(table.c.campaign_id == cohort.campaign_id)
     return clauses
+
+
+def cohort_sums(
+    conn: Connection,
+    *,
+    cohort: CohortFilter,
+    hourly: Table,
+    counters: Sequence[str],
+    group_by: Sequence[str] = (),
+    where: Callable[[Table], list[ColumnElement[bool]]] = lambda _table: [],
+) -> dict[tuple[Any, ...], list[int]]:
+    """Group (values of `group_by`) → `counters` summed over the cohort's rollup rows of both resolutions."""
+    sums: dict[tuple[Any, ...], list[int]] = {}
+    for table, start, end in cohort_spans(hourly, cohort):
+        keys = [table.c[name] for name in group_by]
+        query = select(*keys, *(func.sum(table.c[name]) for name in counters)).where(
+            *_cohort_where(table, cohort, start, end), *where(table)
+        )
+        for row in conn.execute(query.group_by(*keys) if keys else query):
+            if row[len(keys)] is None:  # no rows: an aggregate without GROUP BY still answers once
+                continue
+            found = sums.setdefault(tuple(row[: len(keys)]), [0] * len(counters))
+            for index, value in enumerate(row[len(keys) :]):
+                found[index] += int(value)
+    return sums
 
 
 def campaign_id_by_name(conn: Connection, *, tenant_id: int, name: str) -> int | None:
@@ -71,12 +121,9 @@ def campaign_id_by_name(conn: Connection, *, tenant_id: int, name: str) -> int |
 
 def message_totals(conn: Connection, *, cohort: CohortFilter) -> metrics.MessageTotals:
     """Every rollup_messages counter summed over the cohort."""
-    row = rollup_messages.c
-    query = select(
-        *(func.coalesce(func.sum(row[name]), 0).label(name) for name in MESSAGE_COUNTERS),
-    ).where(*_cohort_where(rollup_messages, cohort))
-    values = conn.execute(query).one()._asdict()
-    return metrics.MessageTotals(**{name: int(values[name]) for name in MESSAGE_COUNTERS})
+    sums = cohort_sums(conn, cohort=cohort, hourly=rollup_messages, counters=MESSAGE_COUNTERS)
+    values = sums.get((), [0] * len(MESSAGE_COUNTERS))
+    return metrics.MessageTotals(**dict(zip(MESSAGE_COUNTERS, values, strict=True)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,30 +135,55 @@ class LinkClicks:
     unique_clicks: int
 
 
-def top_links(conn: Connection, *, cohort: CohortFilter, limit: int = 10) -> list[LinkClicks]:
-    """The most clicked links of the cohort, most clicks first."""
-    table = rollup_links.c
-    clicks = func.sum(table.clicks)
-    unique = func.sum(table.unique_clicks)
-    rows = conn.execute(
-        select(table.url, clicks.label("clicks"), unique.label("unique_clicks"))
-        .where(*_cohort_where(rollup_links, cohort))
-        .group_by(table.url)
-        .order_by(clicks.desc(), unique.desc(), table.url)
-        .limit(limit)
+def _link_sums(conn: Connection, cohort: CohortFilter, urls: list[str] | None) -> list[LinkClicks]:
+    def only_urls(table: Table) -> list[ColumnElement[bool]]:
+        return [] if urls is None else [table.c.url.in_(urls)]
+
+    sums = cohort_sums(
+        conn,
+        cohort=cohort,
+        hourly=rollup_links,
+        counters=("clicks", "unique_clicks"),
+        group_by=("url",),
+        where=only_urls,
     )
-    return [LinkClicks(row.url, int(row.clicks), int(row.unique_clicks)) for row in rows]
+    return [LinkClicks(url, clicks, unique) for (url,), (clicks, unique) in sums.items() if clicks > 0]
+
+
+# Candidate URLs summed per try before summing every URL of the cohort.
+TOP_LINK_CANDIDATES = (64, 1024)
+
+
+def top_links(conn: Connection, *, cohort: CohortFilter, limit: int = 10) -> list[LinkClicks]:
+    """The most clicked links of the cohort: most clicks, then most unique clicks, then URL (code points)."""
+
+    def ranked(found: list[LinkClicks]) -> list[LinkClicks]:
+        return sorted(found, key=lambda link: (-link.clicks, -link.unique_clicks, link.url))[:limit]
+
+    # A URL's all-time clicks bound its clicks in the cohort: once the `limit`-th best candidate has
+    # more clicks than the best URL left out has ever had, no URL left out can be in the top.
+    totals = link_totals.c
+    for candidates in TOP_LINK_CANDIDATES:
+        rows = conn.execute(
+            select(totals.url, totals.clicks)
+            .where(totals.tenant_id == cohort.tenant_id, totals.last_day >= utc_day(cohort.start))
+            .order_by(totals.clicks.desc(), totals.url)
+            .limit(candidates + 1)
+        ).all()
+        best = ranked(_link_sums(conn, cohort, [row.url for row in rows[:candidates]]))
+        if len(rows) <= candidates:  # every URL clicked since the cohort began was a candidate
+            return best
+        if len(best) == limit and best[-1].clicks > rows[candidates].clicks:
+            return best
+    return ranked(_link_sums(conn, cohort, None))
 
 
 def first_open_breakdown(conn: Connection, *, cohort: CohortFilter) -> dict[tuple[str, str], int]:
     """(device, client) → human-opened messages of the cohort, by their first human open."""
-    table = rollup_opens.c
-    rows = conn.execute(
-        select(table.device, table.client, func.sum(table.opened).label("opened"))
-        .where(*_cohort_where(rollup_opens, cohort))
-        .group_by(table.device, table.client)
+    sums = cohort_sums(
+        conn, cohort=cohort, hourly=rollup_opens, counters=("opened",), group_by=("device", "client")
     )
-    return {(row.device, row.client): int(row.opened) for row in rows}
+    return {(device, client): opened for (device, client), (opened,) in sums.items()}
 
 
 # --- engagement scores ------------------------------------------------------------------------------

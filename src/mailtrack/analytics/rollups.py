@@ -7,11 +7,13 @@ from collections import defaultdict
 from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Executable, Table
+from sqlalchemy import Connection, Executable, Table, func
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mailtrack.analytics.tables import (
+    DAILY,
     customer_open_hours,
+    link_totals,
     rollup_links,
     rollup_messages,
     rollup_open_delays,
@@ -64,20 +66,18 @@ class Tally:
 
     def write(self, conn: Connection) -> None:
         """Add every tally to its rollup table (sorted keys: concurrent batches lock rows in one order)."""
-        _upsert(
+        _upsert_hourly_and_daily(
             conn,
             rollup_messages,
             [{**key._asdict(), **counters} for key, counters in sorted(self.messages.items())],
         )
-        _upsert(
-            conn,
-            rollup_links,
-            [
-                {**key._asdict(), "url": url, "clicks": clicks, "unique_clicks": unique}
-                for (key, url), (clicks, unique) in sorted(self.links.items())
-            ],
-        )
-        _upsert(
+        clicked = [
+            {**key._asdict(), "url": url, "clicks": clicks, "unique_clicks": unique}
+            for (key, url), (clicks, unique) in sorted(self.links.items())
+        ]
+        _upsert_hourly_and_daily(conn, rollup_links, clicked)
+        _add_link_totals(conn, clicked)
+        _upsert_hourly_and_daily(
             conn,
             rollup_opens,
             [
@@ -101,6 +101,60 @@ class Tally:
                 for (tenant_id, customer_id, slot), opens in sorted(self.open_hours.items())
             ],
         )
+
+
+def utc_day(moment: dt.datetime) -> dt.datetime:
+    """The UTC midnight starting the day of an aware moment: the key of daily rollups."""
+    return moment.astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _upsert_hourly_and_daily(conn: Connection, hourly: Table, rows: list[dict[str, Any]]) -> None:
+    _upsert(conn, hourly, rows)
+    daily = DAILY[hourly]
+    keys = tuple(column.name for column in daily.primary_key.columns)
+    by_day: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:  # every counter is set: _upsert filled the missing ones with zero
+        day_row = {name: value for name, value in row.items() if name != "hour"}
+        day_row["day"] = utc_day(row["hour"])
+        key = tuple(day_row[name] for name in keys)
+        merged = by_day.get(key)
+        if merged is None:
+            by_day[key] = day_row
+        else:
+            for name, value in day_row.items():
+                if name not in keys:
+                    merged[name] += value
+    _upsert(conn, daily, [by_day[key] for key in sorted(by_day)])
+
+
+def _add_link_totals(conn: Connection, clicked: list[dict[str, Any]]) -> None:
+    totals: dict[tuple[int, str], list[Any]] = {}
+    for row in clicked:
+        key, day = (row["tenant_id"], row["url"]), utc_day(row["hour"])
+        found = totals.setdefault(key, [0, day])
+        found[0] += row["clicks"]
+        found[1] = max(found[1], day)
+    if totals:
+        conn.execute(
+            _link_totals_statement(conn.dialect.name),
+            [
+                {"tenant_id": tenant_id, "url": url, "clicks": clicks, "last_day": day}
+                for (tenant_id, url), (clicks, day) in sorted(totals.items())
+            ],
+        )
+
+
+@cache
+def _link_totals_statement(dialect: str) -> Executable:
+    insert = postgresql.insert(link_totals) if dialect == "postgresql" else sqlite.insert(link_totals)
+    latest = func.greatest if dialect == "postgresql" else func.max  # SQLite's two-argument max()
+    return insert.on_conflict_do_update(
+        index_elements=[link_totals.c.tenant_id, link_totals.c.url],
+        set_={
+            "clicks": link_totals.c.clicks + insert.excluded.clicks,
+            "last_day": latest(link_totals.c.last_day, insert.excluded.last_day),
+        },
+    )
 
 
 @cache

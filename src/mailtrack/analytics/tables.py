@@ -3,19 +3,37 @@
 Every rollup is keyed by the *cohort hour* (the UTC hour the message was sent in), because a period's
 figures are those of the messages sent in it, whenever their opens and clicks came. Hourly keys let the
 dashboard cut days in any salon's timezone.
+
+The rollups the stats read are kept twice: by hour and by UTC day (`DAILY`). A period is read from the
+daily rows of the whole UTC days inside it and the hourly rows of its ragged ends, so a 90-day period
+sums ~90 rows per key instead of ~2,160, with the same result (`analytics.queries.cohort_spans`).
+`link_totals` bounds any period's clicks of a URL, so the top links are found among the few URLs that
+could be in them (`analytics.queries.top_links`).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Column, ForeignKey, Integer, PrimaryKeyConstraint, SmallInteger, String, Table, Text
+import datetime as dt
+
+from sqlalchemy import (
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+)
 
 from mailtrack.db import BigId, UTCDateTime, metadata
 
 
-def _cohort_key() -> list[Column[object]]:
+def _cohort_key(time: str = "hour") -> list[Column[object]]:
     return [
         Column("tenant_id", BigId, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
-        Column("hour", UTCDateTime, nullable=False),
+        Column(time, UTCDateTime, nullable=False),  # "hour": the cohort hour; "day": its UTC midnight
         Column("channel", String(16), nullable=False),
         Column("source", String(16), nullable=False),
         Column("campaign_id", BigId, nullable=False),  # 0 = no campaign
@@ -43,32 +61,82 @@ MESSAGE_COUNTERS = (
 )
 """Per-message counters count messages (first event of the kind); plural ones count events."""
 
-rollup_messages = Table(
-    "rollup_messages",
-    metadata,
-    *_cohort_key(),
-    *(Column(name, Integer, nullable=False, server_default="0") for name in MESSAGE_COUNTERS),
-    PrimaryKeyConstraint("tenant_id", "hour", "channel", "source", "campaign_id"),
-)
 
-rollup_links = Table(
-    "rollup_links",
+def _counter(name: str) -> Column[int]:
+    return Column(name, Integer, nullable=False, server_default="0")
+
+
+def _messages(name: str, time: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        *_cohort_key(time),
+        *(_counter(counter) for counter in MESSAGE_COUNTERS),
+        PrimaryKeyConstraint("tenant_id", time, "channel", "source", "campaign_id"),
+    )
+
+
+def _links(name: str, time: str, *extra: Index) -> Table:
+    return Table(
+        name,
+        metadata,
+        *_cohort_key(time),
+        Column("url", Text, nullable=False),
+        _counter("clicks"),
+        _counter("unique_clicks"),
+        # By day, URL first: the top links are summed for a few candidate URLs (see link_totals).
+        PrimaryKeyConstraint(
+            *(
+                ("tenant_id", time, "channel", "source", "campaign_id", "url")
+                if time == "hour"
+                else ("tenant_id", "url", time, "channel", "source", "campaign_id")
+            )
+        ),
+        *extra,
+    )
+
+
+def _opens(name: str, time: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        *_cohort_key(time),
+        Column("device", String(16), nullable=False),
+        Column("client", String(32), nullable=False),
+        _counter("opened"),
+        PrimaryKeyConstraint("tenant_id", time, "channel", "source", "campaign_id", "device", "client"),
+    )
+
+
+rollup_messages = _messages("rollup_messages", "hour")
+rollup_links = _links("rollup_links", "hour")
+rollup_opens = _opens("rollup_opens", "hour")
+rollup_messages_daily = _messages("rollup_messages_daily", "day")
+rollup_links_daily = _links(
+    "rollup_links_daily", "day", Index("ix_rollup_links_daily_tenant_id_day", "tenant_id", "day")
+)
+rollup_opens_daily = _opens("rollup_opens_daily", "day")
+
+DAILY: dict[Table, Table] = {
+    rollup_messages: rollup_messages_daily,
+    rollup_links: rollup_links_daily,
+    rollup_opens: rollup_opens_daily,
+}
+"""Hourly rollup → the same rollup by UTC day; ingest writes both in the same transaction."""
+
+link_totals = Table(
+    "link_totals",
     metadata,
-    *_cohort_key(),
+    Column("tenant_id", BigId, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
     Column("url", Text, nullable=False),
-    Column("clicks", Integer, nullable=False, server_default="0"),
-    Column("unique_clicks", Integer, nullable=False, server_default="0"),
-    PrimaryKeyConstraint("tenant_id", "hour", "channel", "source", "campaign_id", "url"),
-)
-
-rollup_opens = Table(
-    "rollup_opens",
-    metadata,
-    *_cohort_key(),
-    Column("device", String(16), nullable=False),
-    Column("client", String(32), nullable=False),
-    Column("opened", Integer, nullable=False, server_default="0"),
-    PrimaryKeyConstraint("tenant_id", "hour", "channel", "source", "campaign_id", "device", "client"),
+    # Every human click ever counted on the URL: never less than its clicks in any period or filter,
+    # since rollup rows only ever go away (retention). Most URLs are clicked once or twice (a booking's
+    # own page), so the top links are among the few URLs with the largest totals.
+    _counter("clicks"),
+    Column("last_day", UTCDateTime, nullable=False),  # the latest cohort day with a click on the URL
+    PrimaryKeyConstraint("tenant_id", "url"),
+    Index("ix_link_totals_tenant_id_clicks", "tenant_id", "clicks"),
+    Index("ix_link_totals_tenant_id_last_day", "tenant_id", "last_day"),  # retention
 )
 
 rollup_open_delays = Table(
@@ -81,6 +149,18 @@ rollup_open_delays = Table(
     Column("opened", Integer, nullable=False, server_default="0"),
     PrimaryKeyConstraint("tenant_id", "hour", "delay_hours"),
 )
+
+AGED_BY: dict[Table, Column[dt.datetime]] = {
+    rollup_messages: rollup_messages.c.hour,
+    rollup_links: rollup_links.c.hour,
+    rollup_opens: rollup_opens.c.hour,
+    rollup_open_delays: rollup_open_delays.c.hour,
+    rollup_messages_daily: rollup_messages_daily.c.day,
+    rollup_links_daily: rollup_links_daily.c.day,
+    rollup_opens_daily: rollup_opens_daily.c.day,
+    link_totals: link_totals.c.last_day,
+}
+"""Every table that ages out with the rollups (`rollup_retention_months`) → the moment that ages a row."""
 
 customer_open_hours = Table(
     "customer_open_hours",

@@ -7,14 +7,14 @@ calls the analytics functions for those, so the page and `/api/v1/stats` can nev
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Connection, exists, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from mailtrack.analytics import metrics
-from mailtrack.analytics.queries import CohortFilter
+from mailtrack.analytics.queries import CohortFilter, cohort_sums
 from mailtrack.analytics.tables import MESSAGE_COUNTERS, customer_open_hours, rollup_messages
 from mailtrack.dashboard.tables import manager_sessions
 from mailtrack.db import utcnow
@@ -149,36 +149,31 @@ class CampaignTotals:
 
 def campaign_totals(conn: Connection, *, cohort: CohortFilter, limit: int = 12) -> list[CampaignTotals]:
     """Per-campaign sums of the cohort's rollup rows (its campaign filter is ignored), most sent first."""
-    row = rollup_messages.c
-    sums = [func.coalesce(func.sum(row[name]), 0).label(name) for name in MESSAGE_COUNTERS]
-    where = [row.tenant_id == cohort.tenant_id, row.hour >= cohort.start, row.hour < cohort.end]
-    if cohort.channel is not None:
-        where.append(row.channel == cohort.channel)
-    if cohort.source is not None:
-        where.append(row.source == cohort.source)
-    grouped = (
-        select(row.campaign_id, *sums)
-        .where(*where, row.campaign_id != 0)
-        .group_by(row.campaign_id)
-        .subquery()
+    sums = cohort_sums(
+        conn,
+        cohort=replace(cohort, campaign_id=None),
+        hourly=rollup_messages,
+        counters=MESSAGE_COUNTERS,
+        group_by=("campaign_id",),
+        where=lambda table: [table.c.campaign_id != 0],
     )
-    rows = conn.execute(
-        select(grouped, campaigns.c.name.label("campaign_name"), campaigns.c.source.label("campaign_source"))
-        .join(
-            campaigns,
-            (campaigns.c.id == grouped.c.campaign_id) & (campaigns.c.tenant_id == cohort.tenant_id),
+    if not sums:
+        return []
+    names = conn.execute(
+        select(campaigns.c.id, campaigns.c.name, campaigns.c.source).where(
+            campaigns.c.tenant_id == cohort.tenant_id, campaigns.c.id.in_([key[0] for key in sums])
         )
-        .order_by(grouped.c.sent.desc(), campaigns.c.name)
-        .limit(limit)
     )
-    return [
+    found = [
         CampaignTotals(
-            r.campaign_name,
-            r.campaign_source,
-            metrics.MessageTotals(**{name: int(getattr(r, name)) for name in MESSAGE_COUNTERS}),
+            row.name,
+            row.source,
+            metrics.MessageTotals(**dict(zip(MESSAGE_COUNTERS, sums[(row.id,)], strict=True))),
         )
-        for r in rows
+        for row in names
     ]
+    found.sort(key=lambda campaign: (-campaign.totals.sent, campaign.name))
+    return found[:limit]
 
 
 def observed_open_hours(conn: Connection, *, tenant_id: int) -> dict[int, int]:

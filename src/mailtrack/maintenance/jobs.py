@@ -34,7 +34,8 @@ from sqlalchemy import Connection, Engine, Table, bindparam, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from mailtrack.analytics.tables import rollup_links, rollup_messages, rollup_open_delays, rollup_opens
+from mailtrack.analytics.rollups import utc_day
+from mailtrack.analytics.tables import AGED_BY
 from mailtrack.db import utcnow, write_transaction
 from mailtrack.maintenance import metrics
 from mailtrack.maintenance.partitions import (
@@ -57,8 +58,8 @@ log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 5000
 LEASE_SECONDS = 600.0
-# Rollups keyed by cohort hour; a new hourly rollup table belongs here so that it ages out too.
-ROLLUP_TABLES: tuple[Table, ...] = (rollup_messages, rollup_links, rollup_opens, rollup_open_delays)
+# Rollups keyed by cohort hour or day (a new one belongs in AGED_BY, so that it ages out too).
+ROLLUP_TABLES: tuple[Table, ...] = tuple(AGED_BY)
 _RELEASED = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)  # free for any clock, including tests' moved ones
 
 
@@ -263,7 +264,7 @@ def delete_rollups_chunk(
     conn: Connection, *, table: Table, tenant_id: int, before: dt.datetime, limit: int
 ) -> tuple[int, bool]:
     """Delete about `limit` of the salon's oldest rollup rows before `before`; (rows, more to do)."""
-    hour = table.c.hour
+    hour = AGED_BY[table]
     scope = (table.c.tenant_id == tenant_id, hour < before)
     # Rollup keys have no single id: bound the chunk by the hour of its `limit`-th row instead
     # (a chunk may run over by the rows sharing that one hour).
@@ -337,7 +338,8 @@ def _maintain(run: _Run, salon: SalonReport, settings: TenantSettings) -> None:
         ),
     )
     if settings.rollup_retention_months > 0:
-        oldest = months_before(run.now, settings.rollup_retention_months)
+        # From a UTC midnight, so that hourly and daily rollups always cover the same hours.
+        oldest = utc_day(months_before(run.now, settings.rollup_retention_months))
         for table in ROLLUP_TABLES:
             run.chunks(salon, "rollup_rows_deleted", _rollup_step(table, tenant_id, oldest, limit))
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, func, select
 
-from mailtrack.analytics.tables import rollup_messages, rollup_open_delays, rollup_opens
+from mailtrack.analytics.tables import AGED_BY, rollup_messages
 from mailtrack.db import write_transaction
 from mailtrack.maintenance import jobs
 from mailtrack.maintenance.jobs import (
@@ -23,9 +23,11 @@ from mailtrack.maintenance.jobs import (
 from mailtrack.tenants.queries import update_settings
 from mailtrack.tracking.ingest import EventIn
 from mailtrack.tracking.tables import events
+from mailtrack.tracking.useragent import UserAgentInfo
 from tests.factories import ingest, make_customer, make_message, make_tenant
 
 T0 = dt.datetime(2026, 3, 10, 9, 30, tzinfo=dt.UTC)
+HUMAN = UserAgentInfo("desktop", "other", "Windows", False, "")
 AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Thunderbird/115.6.0"
 DAY = dt.timedelta(days=1)
 
@@ -135,10 +137,13 @@ def test_setting_zero_truncates_at_once_and_minus_one_removes_every_address(engi
     assert report.totals()["ips_anonymized"] == 3
 
 
-def _rollup_hours(conn: Connection, tenant_id: int) -> dict[str, set[dt.datetime]]:
+def _rollup_days(conn: Connection, tenant_id: int) -> dict[str, set[dt.date]]:
     return {
-        table.name: set(conn.execute(select(table.c.hour).where(table.c.tenant_id == tenant_id)).scalars())
-        for table in (rollup_messages, rollup_opens, rollup_open_delays)
+        table.name: {
+            moment.date()
+            for moment in conn.execute(select(moment).where(table.c.tenant_id == tenant_id)).scalars()
+        }
+        for table, moment in AGED_BY.items()
     }
 
 
@@ -146,18 +151,25 @@ def test_rollups_keep_last_year_and_drop_what_is_older_than_25_months(engine: En
     tenant = make_tenant(engine)
     customer = make_customer(engine, tenant.id)
     old_sent, last_year_sent = months_before(T0, 26), months_before(T0, 12)
-    for sent in (old_sent, last_year_sent):
-        message = make_message(engine, tenant.id, customer, sent_at=sent)
+    # Earlier than 25 months before T0, but on its UTC day: kept whole, so hours and days agree.
+    edge_sent = months_before(T0, 25) - dt.timedelta(hours=1)
+    for sent in (old_sent, last_year_sent, edge_sent):  # a URL each: link_totals has a row per URL
+        page = f"https://salon.example/{sent:%Y-%m}"
+        message = make_message(engine, tenant.id, customer, sent_at=sent, links=(page,))
         ingest(
             engine,
             EventIn(tenant.id, message, "sent", sent),
             *opens(tenant.id, message, sent + dt.timedelta(hours=2), 1),
+            EventIn(
+                tenant.id, message, "clicked", sent + dt.timedelta(hours=3), link_position=0, agent=HUMAN
+            ),
         )
+    with engine.connect() as conn:
+        before = _rollup_days(conn, tenant.id)
     report = run_maintenance(engine, now=T0)
 
-    old_hour, last_year_hour = old_sent.replace(minute=0), last_year_sent.replace(minute=0)
     with engine.connect() as conn:
-        hours = _rollup_hours(conn, tenant.id)
+        days = _rollup_days(conn, tenant.id)
         last_year = conn.execute(
             select(func.sum(rollup_messages.c.sent), func.sum(rollup_messages.c.opened)).where(
                 rollup_messages.c.tenant_id == tenant.id,
@@ -165,10 +177,12 @@ def test_rollups_keep_last_year_and_drop_what_is_older_than_25_months(engine: En
                 rollup_messages.c.hour < months_before(T0, 11),
             )
         ).one()
-    assert hours == {name: {last_year_hour} for name in hours}, f"{old_hour} is gone, last year stays"
+    kept = {last_year_sent.date(), edge_sent.date()}
+    assert before == {name: {old_sent.date(), *kept} for name in before}, "every table had all three"
+    assert days == dict.fromkeys(days, kept), f"{old_sent:%Y-%m-%d} is gone, the rest stays"
     assert tuple(last_year) == (1, 1), "last year's figures still add up"
-    assert report.totals()["rollup_rows_deleted"] == 3
-    assert stored(engine, tenant.id) == [], "raw events of both went long ago"
+    assert report.totals()["rollup_rows_deleted"] == len(AGED_BY), "one row of each"
+    assert stored(engine, tenant.id) == [], "raw events of all went long ago"
 
 
 def test_two_runs_at_once_do_the_work_once(engine: Engine) -> None:
