@@ -7,6 +7,7 @@ several times the work of the hit itself, so the application hands these two pat
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -14,7 +15,9 @@ from starlette.types import Receive, Scope, Send
 from mailtrack.maintenance.metrics import HITS
 from mailtrack.maintenance.security import SECURITY_HEADERS, TRACKING_PREFIXES
 from mailtrack.messages.tokens import TokenKind
-from mailtrack.tracking.hits import NO_CACHE, PIXEL_GIF, Tracking, page, record
+from mailtrack.tracking.hits import NO_CACHE, PIXEL_GIF, Tracking, journal_line, page
+
+log = logging.getLogger(__name__)
 
 _PIXEL_HEADERS = [
     (b"content-type", b"image/gif"),
@@ -54,27 +57,31 @@ class TrackingFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # One coroutine for the whole hit: each further `async def` layer costs a frame per request.
-        tracking, path, method = self.tracking, scope["path"], scope["method"]
+        tracking, path = self.tracking, scope["path"]
         if path.startswith("/o/"):
             HITS.inc("open")
             token = tracking.codec.decode(path[3:].removesuffix(".gif"), kind=TokenKind.OPEN)
-            if token is None:
-                tracking.rejected_tokens += 1
-            else:
-                await record(tracking, scope, token, "opened")
-            status, headers, body = 200, _PIXEL_HEADERS, PIXEL_GIF
+            tracking.rejected_tokens += token is None
+            kind, status, headers, body = "opened", 200, _PIXEL_HEADERS, PIXEL_GIF
         else:
             HITS.inc("click")
             token = tracking.codec.decode(path[3:], kind=TokenKind.CLICK)
-            url = await tracking.links.target(token) if token is not None else None
-            if token is None or url is None:
+            links = tracking.links
+            url = None if token is None else links.cached(token) or await links.target(token)
+            if url is None:
                 tracking.rejected_tokens += token is None
-                status, headers, body = 404, _NOT_FOUND_HEADERS, _NOT_FOUND
+                token, kind, status, headers, body = None, "", 404, _NOT_FOUND_HEADERS, _NOT_FOUND
             else:
-                await record(tracking, scope, token, "clicked")
-                status, headers, body = 302, [(b"location", url.encode("utf-8")), *_REDIRECT_HEADERS], b""
+                kind, status, body = "clicked", 302, b""
+                headers = [(b"location", url.encode("utf-8")), *_REDIRECT_HEADERS]
+        if token is not None:
+            # Answered only once journaled; a hit that cannot be still gets its pixel or redirect.
+            try:
+                await tracking.journal.append_line(journal_line(tracking, scope, token, kind))
+            except Exception:
+                log.exception("%s of message %s not recorded", kind, token.message_id)
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 
 OPENAPI_PATHS: dict[str, Any] = {

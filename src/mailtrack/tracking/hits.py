@@ -1,13 +1,12 @@
 """What a tracking hit means, independent of the web framework: decode, build the event, record it.
 
-The raw ASGI fast path (`/o`, `/c`) journals hits with `record`; the framework route `/u` stores the
-event of `event_for`. Both take what they record from the request through `_details`.
+The raw ASGI fast path (`/o`, `/c`) journals the line of `journal_line`; the framework route `/u` stores
+the event of `event_for`. Both take what they record from the request through `_details`.
 """
 
 from __future__ import annotations
 
 import html
-import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,8 +23,6 @@ from mailtrack.tracking.ingest import EventIn
 from mailtrack.tracking.ipaddr import client_ip
 from mailtrack.tracking.journal import DO_NOT_TRACK, HitJournal
 from mailtrack.tracking.journal_records import record_line
-
-log = logging.getLogger(__name__)
 
 # The smallest transparent 1×1 GIF (43 bytes).
 PIXEL_GIF = bytes.fromhex(
@@ -137,17 +134,6 @@ def journal_line(tracking: Tracking, scope: Scope, token: TrackingToken, kind: s
     return record_line(token.tenant_id, token.message_id, kind, now, *details)
 
 
-async def record(tracking: Tracking, scope: Scope, token: TrackingToken, kind: str) -> None:
-    """Journal an open or click (returns once durable); a DNT/GPC hit only marks the customer do-not-track.
-
-    Never raises: the pixel must render and the reader must reach the link whatever happened.
-    """
-    try:
-        await tracking.journal.append_line(journal_line(tracking, scope, token, kind))
-    except Exception:
-        log.exception("%s of message %s not recorded", kind, token.message_id)
-
-
 class LinkCache:
     """Link targets by (tenant, message, position); a stored target never changes, so it can be kept."""
 
@@ -155,6 +141,10 @@ class LinkCache:
         self._engine = engine
         self._size = size
         self._urls: dict[tuple[int, int, int], str] = {}
+
+    def cached(self, token: TrackingToken) -> str | None:
+        """The URL of a click token if it is in the cache (no coroutine: the hot path's usual case)."""
+        return self._urls.get((token.tenant_id, token.message_id, token.link_position))
 
     async def target(self, token: TrackingToken) -> str | None:
         """The URL stored for a click token, or None; a miss reads the database off the event loop."""
