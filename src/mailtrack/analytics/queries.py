@@ -29,7 +29,6 @@ from mailtrack.analytics.rollups import utc_day
 from mailtrack.analytics.tables import (
     DAILY,
     MESSAGE_COUNTERS,
-    link_totals,
     rollup_links,
     rollup_messages,
     rollup_opens,
@@ -152,6 +151,7 @@ def _link_sums(conn: Connection, cohort: CohortFilter, urls: list[str] | None) -
 
 # Candidate URLs summed per try before summing every URL of the cohort.
 TOP_LINK_CANDIDATES = (64, 1024)
+LINK_TOTALS_INDEX = "ix_link_totals_tenant_id_clicks_last_day"
 
 
 def top_links(conn: Connection, *, cohort: CohortFilter, limit: int = 10) -> list[LinkClicks]:
@@ -162,13 +162,17 @@ def top_links(conn: Connection, *, cohort: CohortFilter, limit: int = 10) -> lis
 
     # A URL's all-time clicks bound its clicks in the cohort: once the `limit`-th best candidate has
     # more clicks than the best URL left out has ever had, no URL left out can be in the top.
-    totals = link_totals.c
+    # SQLite's planner, without statistics, preferred the (tenant_id, last_day) index and sorted every
+    # URL of the period (65 ms at 77k URLs instead of 0.1 ms), hence the hint.
+    hint = f" INDEXED BY {LINK_TOTALS_INDEX}" if conn.dialect.name == "sqlite" else ""
+    query = text(
+        f"SELECT url, clicks FROM link_totals{hint} "  # noqa: S608  (constant names)
+        "WHERE tenant_id = :tenant AND last_day >= :since ORDER BY clicks DESC LIMIT :rows"
+    ).bindparams(bindparam("since", type_=UTCDateTime))
     for candidates in TOP_LINK_CANDIDATES:
+        # Ties among the candidates need no order: whichever are left out have at most the bound.
         rows = conn.execute(
-            select(totals.url, totals.clicks)
-            .where(totals.tenant_id == cohort.tenant_id, totals.last_day >= utc_day(cohort.start))
-            .order_by(totals.clicks.desc(), totals.url)
-            .limit(candidates + 1)
+            query, {"tenant": cohort.tenant_id, "since": utc_day(cohort.start), "rows": candidates + 1}
         ).all()
         best = ranked(_link_sums(conn, cohort, [row.url for row in rows[:candidates]]))
         if len(rows) <= candidates:  # every URL clicked since the cohort began was a candidate

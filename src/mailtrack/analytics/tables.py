@@ -135,7 +135,7 @@ link_totals = Table(
     _counter("clicks"),
     Column("last_day", UTCDateTime, nullable=False),  # the latest cohort day with a click on the URL
     PrimaryKeyConstraint("tenant_id", "url"),
-    Index("ix_link_totals_tenant_id_clicks", "tenant_id", "clicks"),
+    Index("ix_link_totals_tenant_id_clicks_last_day", "tenant_id", "clicks", "last_day"),
     Index("ix_link_totals_tenant_id_last_day", "tenant_id", "last_day"),  # retention
 )
 

@@ -98,7 +98,9 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("tenant_id", "url", name=op.f("pk_link_totals")),
     )
-    op.create_index("ix_link_totals_tenant_id_clicks", "link_totals", ["tenant_id", "clicks"])
+    op.create_index(
+        "ix_link_totals_tenant_id_clicks_last_day", "link_totals", ["tenant_id", "clicks", "last_day"]
+    )
     op.create_index("ix_link_totals_tenant_id_last_day", "link_totals", ["tenant_id", "last_day"])
 
     _fill("rollup_messages_daily", "rollup_messages", cohort, list(MESSAGE_COUNTERS))
