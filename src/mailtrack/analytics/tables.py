@@ -150,6 +150,30 @@ rollup_open_delays = Table(
     PrimaryKeyConstraint("tenant_id", "hour", "delay_hours"),
 )
 
+score_counts = Table(
+    "score_counts",
+    metadata,
+    Column("tenant_id", BigId, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("day", UTCDateTime, nullable=False),  # UTC day of the customers' last mail
+    Column("score", SmallInteger, nullable=False),
+    Column("customers", Integer, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "day", "score"),
+)
+"""Customers per (day of last mail, score): the bucket counts (analytics/score_counts.py)."""
+
+score_count_changes = Table(
+    "score_count_changes",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    # No foreign key: the triggers write here while a salon's customers are deleted with the salon.
+    Column("tenant_id", BigId, nullable=False),
+    Column("day", UTCDateTime, nullable=False),
+    Column("score", SmallInteger, nullable=False),
+    Column("change", SmallInteger, nullable=False),  # −1: a customer left (day, score); +1: came
+    Index("ix_score_count_changes_tenant_id_day", "tenant_id", "day"),
+)
+"""Changes to score_counts appended by triggers on customers, folded in after each ingest batch."""
+
 AGED_BY: dict[Table, Column[dt.datetime]] = {
     rollup_messages: rollup_messages.c.hour,
     rollup_links: rollup_links.c.hour,

@@ -101,7 +101,6 @@ customers = Table(
     Column("score", SmallInteger, Computed(_SCORE), nullable=True),
     UniqueConstraint("tenant_id", "external_id"),
     Index(None, "tenant_id", "last_sent_at"),  # the scored population: customers mailed in 90 days
-    Index(None, "tenant_id", "score", "last_sent_at"),  # bucket counts from the index alone
     Index(None, "tenant_id", "score", "score_raw", "id"),  # best customers first, without sorting
 )
 

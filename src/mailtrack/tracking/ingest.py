@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Executable, bindparam, case, or_, select, update
 
 from mailtrack.analytics import rollups
+from mailtrack.analytics.score_counts import fold_score_changes
 from mailtrack.db import bulk_insert, utcnow
 from mailtrack.delivery.suppression import suppress_repeated_soft_bounces
 from mailtrack.messages.queries import ERASED_PREFIX, LinkKey, LinkState, add_link_clicks, link_states
@@ -222,6 +223,7 @@ def ingest_batch(
     _write_customer_deltas(conn, deltas)
     add_link_clicks(conn, clicks=link_clicks)
     tally.write(conn)
+    fold_score_changes(conn)  # the score changes the customer updates above appended
     result.stored = len(rows)
     return result
 
