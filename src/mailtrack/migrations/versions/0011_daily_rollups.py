@@ -110,6 +110,10 @@ def upgrade() -> None:
         "INSERT INTO link_totals (tenant_id, url, clicks, last_day) "
         "SELECT tenant_id, url, sum(clicks), max(day) FROM rollup_links_daily GROUP BY tenant_id, url"
     )
+    if op.get_bind().dialect.name == "postgresql":
+        # Statistics now, not at autovacuum's leisure: without them the planner read the top links'
+        # candidates through (tenant_id, day) and filtered 65k rows (11 ms instead of 1 at 10M events).
+        op.execute("ANALYZE rollup_messages_daily, rollup_links_daily, rollup_opens_daily, link_totals")
 
 
 def downgrade() -> None:

@@ -51,6 +51,8 @@ def upgrade() -> None:
     )
     op.create_index("ix_score_count_changes_tenant_id_day", "score_count_changes", ["tenant_id", "day"])
     op.execute(score_counts.count_all(dialect))
+    if dialect == "postgresql":
+        op.execute("ANALYZE score_counts")  # planner statistics for the new counts at once
     for statement in score_counts.create_triggers(dialect):
         op.execute(statement)
     op.drop_index(BUCKET_INDEX, table_name="customers")
