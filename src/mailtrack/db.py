@@ -176,7 +176,7 @@ def _floor_int_sqlite(element: floor_int, compiler: Any, **kw: Any) -> str:
     return f"CAST({compiler.process(element.clauses, **kw)} AS INTEGER)"
 
 
-BULK_TABLES = "customers, messages, links, events"
+BULK_TABLES = "customers, messages, links, events, event_external_ids"
 
 
 def refresh_statistics_as_tables_grow(engine: Engine, batch_number: int) -> None:
