@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Connection, bindparam, text
+from sqlalchemy import Connection, bindparam, delete, text
 
+from mailtrack.analytics.tables import score_counts
 from mailtrack.db import UTCDateTime
 
 # One key for "a fold is running" (pg_try_advisory_xact_lock): folds never wait for each other.
@@ -153,3 +154,10 @@ def customers_by_score(conn: Connection, *, tenant_id: int, since: dt.datetime) 
         for row in rows:
             counts[int(row.score)] = counts.get(int(row.score), 0) + int(row.customers)
     return {score: customers for score, customers in counts.items() if customers}
+
+
+def delete_stale_counts(conn: Connection, *, tenant_id: int, before: dt.datetime) -> int:
+    """Delete the salon's counts of days before `before`, which no read of the window reaches again."""
+    # A customer counted there who is mailed again later adds a −1 to a day no one reads: harmless.
+    table = score_counts.c
+    return conn.execute(delete(score_counts).where(table.tenant_id == tenant_id, table.day < before)).rowcount

@@ -34,7 +34,9 @@ from sqlalchemy import Connection, Engine, Table, bindparam, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
+from mailtrack.analytics.metrics import SCORE_WINDOW
 from mailtrack.analytics.rollups import utc_day
+from mailtrack.analytics.score_counts import delete_stale_counts
 from mailtrack.analytics.tables import AGED_BY
 from mailtrack.db import utcnow, write_transaction
 from mailtrack.maintenance import metrics
@@ -342,6 +344,13 @@ def _maintain(run: _Run, salon: SalonReport, settings: TenantSettings) -> None:
         oldest = utc_day(months_before(run.now, settings.rollup_retention_months))
         for table in ROLLUP_TABLES:
             run.chunks(salon, "rollup_rows_deleted", _rollup_step(table, tenant_id, oldest, limit))
+    # Score counts of days before the 90-day window (with a week to spare for clocks) are never read.
+    stale = utc_day(run.now - SCORE_WINDOW) - dt.timedelta(days=7)
+    run.chunks(
+        salon,
+        "rollup_rows_deleted",
+        lambda conn: (delete_stale_counts(conn, tenant_id=tenant_id, before=stale), False),
+    )
 
 
 def _rollup_step(

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, func, select
 
-from mailtrack.analytics.tables import AGED_BY, rollup_messages
+from mailtrack.analytics.metrics import SCORE_WINDOW
+from mailtrack.analytics.score_counts import customers_by_score
+from mailtrack.analytics.tables import AGED_BY, rollup_messages, score_counts
 from mailtrack.db import write_transaction
 from mailtrack.maintenance import jobs
 from mailtrack.maintenance.jobs import (
@@ -166,6 +168,7 @@ def test_rollups_keep_last_year_and_drop_what_is_older_than_25_months(engine: En
         )
     with engine.connect() as conn:
         before = _rollup_days(conn, tenant.id)
+        counts_before = len(_score_count_days(conn, tenant.id))
     report = run_maintenance(engine, now=T0)
 
     with engine.connect() as conn:
@@ -181,8 +184,32 @@ def test_rollups_keep_last_year_and_drop_what_is_older_than_25_months(engine: En
     assert before == {name: {old_sent.date(), *kept} for name in before}, "every table had all three"
     assert days == dict.fromkeys(days, kept), f"{old_sent:%Y-%m-%d} is gone, the rest stays"
     assert tuple(last_year) == (1, 1), "last year's figures still add up"
-    assert report.totals()["rollup_rows_deleted"] == len(AGED_BY), "one row of each"
+    assert counts_before > 0
+    with engine.connect() as conn:
+        assert _score_count_days(conn, tenant.id) == [], "last mailed a year ago: outside the score window"
+    deleted = report.totals()["rollup_rows_deleted"]
+    assert deleted == len(AGED_BY) + counts_before, "one row of each rollup, and the score counts"
     assert stored(engine, tenant.id) == [], "raw events of all went long ago"
+
+
+def _score_count_days(conn: Connection, tenant_id: int) -> list[dt.date]:
+    rows = conn.execute(select(score_counts.c.day).where(score_counts.c.tenant_id == tenant_id))
+    return sorted(day.date() for day in rows.scalars())
+
+
+def test_score_counts_of_the_window_stay_and_older_ones_go(engine: Engine) -> None:
+    tenant = make_tenant(engine)
+    for days_ago in (1, 89, 120):
+        customer = make_customer(engine, tenant.id)
+        sent = T0 - dt.timedelta(days=days_ago)
+        message = make_message(engine, tenant.id, customer, sent_at=sent)
+        ingest(engine, EventIn(tenant.id, message, "sent", sent), *opens(tenant.id, message, sent, 1))
+    run_maintenance(engine, now=T0)
+    with engine.connect() as conn:
+        kept = _score_count_days(conn, tenant.id)
+        window = customers_by_score(conn, tenant_id=tenant.id, since=T0 - SCORE_WINDOW)
+    assert kept == [(T0 - dt.timedelta(days=89)).date(), (T0 - dt.timedelta(days=1)).date()]
+    assert sum(window.values()) == 2, "both customers mailed in the window still count"
 
 
 def test_two_runs_at_once_do_the_work_once(engine: Engine) -> None:
