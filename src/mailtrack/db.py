@@ -66,6 +66,14 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC)
 
 
+def utc_day_sql(dialect: str, column: str) -> str:
+    """SQL for the UTC midnight starting the day of a UTCDateTime column (naive UTC: a timestamp on
+    PostgreSQL, 'YYYY-MM-DD HH:MM:SS.ffffff' text on SQLite), for migrations and triggers."""
+    if dialect == "postgresql":
+        return f"date_trunc('day', {column})"
+    return f"substr({column}, 1, 10) || ' 00:00:00.000000'"
+
+
 def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
     # WAL lets readers (dashboard) run while the ingest writer commits; NORMAL sync is durable in WAL
     # against process crashes (kill -9), which is the promise we make for acknowledged hits.

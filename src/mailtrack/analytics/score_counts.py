@@ -19,35 +19,24 @@ import datetime as dt
 from sqlalchemy import Connection, bindparam, delete, text
 
 from mailtrack.analytics.tables import score_counts
-from mailtrack.db import UTCDateTime
+from mailtrack.db import UTCDateTime, utc_day_sql
 
 # One key for "a fold is running" (pg_try_advisory_xact_lock): folds never wait for each other.
 FOLD_LOCK_KEY = 0x5C0E_C0DE
 
 
-def _day(dialect: str, column: str) -> str:
-    # UTCDateTime is naive UTC: a timestamp on PostgreSQL, 'YYYY-MM-DD HH:MM:SS.ffffff' text on SQLite.
-    if dialect == "postgresql":
-        return f"date_trunc('day', {column})"
-    return f"substr({column}, 1, 10) || ' 00:00:00.000000'"
-
-
 def _change(dialect: str, row: str, sign: int) -> str:
     return (
         "INSERT INTO score_count_changes (tenant_id, day, score, change) "
-        f"SELECT {row}.tenant_id, {_day(dialect, f'{row}.last_sent_at')}, {row}.score, {sign} "
+        f"SELECT {row}.tenant_id, {utc_day_sql(dialect, f'{row}.last_sent_at')}, {row}.score, {sign} "
         f"WHERE {row}.score IS NOT NULL AND {row}.last_sent_at IS NOT NULL"
     )
 
 
 def _moved(dialect: str) -> str:
-    return (
-        f"OLD.score IS DISTINCT FROM NEW.score OR "
-        f"{_day(dialect, 'OLD.last_sent_at')} IS DISTINCT FROM {_day(dialect, 'NEW.last_sent_at')}"
-        if dialect == "postgresql"
-        else f"OLD.score IS NOT NEW.score OR "
-        f"{_day(dialect, 'OLD.last_sent_at')} IS NOT {_day(dialect, 'NEW.last_sent_at')}"
-    )
+    old, new = utc_day_sql(dialect, "OLD.last_sent_at"), utc_day_sql(dialect, "NEW.last_sent_at")
+    differs = "IS DISTINCT FROM" if dialect == "postgresql" else "IS NOT"
+    return f"OLD.score {differs} NEW.score OR {old} {differs} {new}"
 
 
 def create_triggers(dialect: str) -> list[str]:
@@ -88,9 +77,9 @@ def count_all(dialect: str) -> str:
     """Counts recomputed from `customers` (what the triggers keep up to date from then on)."""
     return (
         "INSERT INTO score_counts (tenant_id, day, score, customers) "  # noqa: S608  (constant names)
-        f"SELECT tenant_id, {_day(dialect, 'last_sent_at')}, score, count(*) FROM customers "
+        f"SELECT tenant_id, {utc_day_sql(dialect, 'last_sent_at')}, score, count(*) FROM customers "
         f"WHERE score IS NOT NULL AND last_sent_at IS NOT NULL "
-        f"GROUP BY tenant_id, {_day(dialect, 'last_sent_at')}, score"
+        f"GROUP BY tenant_id, {utc_day_sql(dialect, 'last_sent_at')}, score"
     )
 
 

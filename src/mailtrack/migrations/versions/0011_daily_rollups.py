@@ -18,6 +18,7 @@ from sqlalchemy.schema import SchemaItem
 
 import mailtrack.db
 from mailtrack.analytics.tables import MESSAGE_COUNTERS
+from mailtrack.db import utc_day_sql
 
 revision = "0011"
 down_revision = "0010"
@@ -44,16 +45,10 @@ def _counter(name: str) -> sa.Column[int]:
     return sa.Column(name, sa.Integer(), server_default="0", nullable=False)
 
 
-def _day_of(column: str) -> str:
-    # UTCDateTime is naive UTC: a timestamp on PostgreSQL, 'YYYY-MM-DD HH:MM:SS.ffffff' text on SQLite.
-    if op.get_bind().dialect.name == "postgresql":
-        return f"date_trunc('day', {column})"
-    return f"substr({column}, 1, 10) || ' 00:00:00.000000'"
-
-
 def _fill(daily: str, hourly: str, keys: list[str], counters: list[str]) -> None:
     columns = ", ".join(keys + counters)
-    grouped = ", ".join(_day_of("hour") if key == "day" else key for key in keys)
+    day = utc_day_sql(op.get_bind().dialect.name, "hour")
+    grouped = ", ".join(day if key == "day" else key for key in keys)
     sums = ", ".join(f"sum({name})" for name in counters)
     op.execute(
         f"INSERT INTO {daily} ({columns}) SELECT {grouped}, {sums} FROM {hourly} GROUP BY {grouped}"  # noqa: S608  (constant names)
