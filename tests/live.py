@@ -11,6 +11,8 @@ from contextlib import contextmanager
 import uvicorn
 from starlette.types import ASGIApp
 
+from mailtrack.tracking.protocol import HTTP_PROTOCOL
+
 
 def free_port() -> int:
     """An unused loopback port."""
@@ -25,7 +27,9 @@ def serving(app: ASGIApp, *, port: int | None = None) -> Iterator[str]:
     """Run the app (lifespan included) on 127.0.0.1 until the block ends; yields its base URL."""
     port = port or free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", http=HTTP_PROTOCOL
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

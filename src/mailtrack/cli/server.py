@@ -14,6 +14,7 @@ from mailtrack.delivery.inbound import codec_from_settings
 from mailtrack.delivery.smtp_listener import start_listener
 from mailtrack.messages.tables import messages
 from mailtrack.tenants.queries import create_api_key, create_manager, create_tenant, find_tenant_by_name
+from mailtrack.tracking.protocol import HTTP_PROTOCOL
 
 DEMO_SALON = "Demo Salon"
 DEMO_EMAIL = "manager@demo.salon"
@@ -52,6 +53,7 @@ def _uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
         log_level=settings.log_level.lower(),
         proxy_headers=False,  # X-Forwarded-For is read by our own trusted-proxy check only
         server_header=False,
+        http=HTTP_PROTOCOL,
     )
 
 

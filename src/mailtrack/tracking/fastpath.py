@@ -8,13 +8,15 @@ several times the work of the hit itself, so the application hands these two pat
 from __future__ import annotations
 
 import logging
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
 from mailtrack.maintenance.metrics import HITS
 from mailtrack.maintenance.security import SECURITY_HEADERS, TRACKING_PREFIXES
-from mailtrack.messages.tokens import TokenKind
+from mailtrack.messages.tokens import TokenKind, TrackingToken
 from mailtrack.tracking.hits import NO_CACHE, PIXEL_GIF, Tracking, journal_line, page
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,31 @@ _REDIRECT_HEADERS = [
     (b"content-length", b"0"),
     *((name, value) for name, value in SECURITY_HEADERS if name != b"referrer-policy"),
 ]
+# A stored URL was checked when the message was registered; one that could still split the header is
+# answered as not found rather than written (uvicorn's own check, for the path that bypasses it).
+_UNSAFE_HEADER_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def header_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """Headers as they go on the wire (`name: value\\r\\n` each), for `protocol.py`."""
+    return b"".join(b"%s: %s\r\n" % pair for pair in headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a tracking request gets, and the journal line to make durable before it gets it."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    head: bytes  # the same headers, encoded
+    body: bytes
+    line: bytes | None = None
+    message_id: int | None = None  # for the log, when the line cannot be journaled
+
+
+_PIXEL = Answer(200, _PIXEL_HEADERS, header_lines(_PIXEL_HEADERS), PIXEL_GIF)
+_LINK_NOT_FOUND = Answer(404, _NOT_FOUND_HEADERS, header_lines(_NOT_FOUND_HEADERS), _NOT_FOUND)
+_REDIRECT_HEAD = header_lines(_REDIRECT_HEADERS)
 
 
 class TrackingFastPath:
@@ -55,33 +82,57 @@ class TrackingFastPath:
             and scope["path"].startswith(TRACKING_PREFIXES)
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # One coroutine for the whole hit: each further `async def` layer costs a frame per request.
+    def answer_now(self, scope: Scope) -> Answer | None:
+        """The answer, or None when a click's link is not cached and must be read from the database."""
         tracking, path = self.tracking, scope["path"]
         if path.startswith("/o/"):
             HITS.inc("open")
             token = tracking.codec.decode(path[3:].removesuffix(".gif"), kind=TokenKind.OPEN)
-            tracking.rejected_tokens += token is None
-            kind, status, headers, body = "opened", 200, _PIXEL_HEADERS, PIXEL_GIF
-        else:
-            HITS.inc("click")
-            token = tracking.codec.decode(path[3:], kind=TokenKind.CLICK)
-            links = tracking.links
-            url = None if token is None else links.cached(token) or await links.target(token)
-            if url is None:
-                tracking.rejected_tokens += token is None
-                token, kind, status, headers, body = None, "", 404, _NOT_FOUND_HEADERS, _NOT_FOUND
-            else:
-                kind, status, body = "clicked", 302, b""
-                headers = [(b"location", url.encode("utf-8")), *_REDIRECT_HEADERS]
-        if token is not None:
+            if token is None:
+                tracking.rejected_tokens += 1
+                return _PIXEL
+            return self._recorded(_PIXEL, scope, token, "opened")
+        HITS.inc("click")
+        token = tracking.codec.decode(path[3:], kind=TokenKind.CLICK)
+        if token is None:
+            tracking.rejected_tokens += 1
+            return _LINK_NOT_FOUND
+        url = tracking.links.cached(token)
+        return None if url is None else self._redirect(scope, token, url)
+
+    async def answer_after_lookup(self, scope: Scope) -> Answer:
+        """The answer to a click `answer_now` left: its link read from the database (or not found)."""
+        token = self.tracking.codec.decode(scope["path"][3:], kind=TokenKind.CLICK)
+        url = None if token is None else await self.tracking.links.target(token)
+        return _LINK_NOT_FOUND if token is None or url is None else self._redirect(scope, token, url)
+
+    def _redirect(self, scope: Scope, token: TrackingToken, url: str) -> Answer:
+        location = url.encode("utf-8")
+        if _UNSAFE_HEADER_VALUE.search(location):
+            log.error("link %d of message %d is not a safe Location", token.link_position, token.message_id)
+            return _LINK_NOT_FOUND
+        redirect = Answer(
+            302,
+            [(b"location", location), *_REDIRECT_HEADERS],
+            b"location: " + location + b"\r\n" + _REDIRECT_HEAD,
+            b"",
+        )
+        return self._recorded(redirect, scope, token, "clicked")
+
+    def _recorded(self, answer: Answer, scope: Scope, token: TrackingToken, kind: str) -> Answer:
+        line = journal_line(self.tracking, scope, token, kind)
+        return Answer(answer.status, answer.headers, answer.head, answer.body, line, token.message_id)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answer = self.answer_now(scope) or await self.answer_after_lookup(scope)
+        if answer.line is not None:
             # Answered only once journaled; a hit that cannot be still gets its pixel or redirect.
             try:
-                await tracking.journal.append_line(journal_line(tracking, scope, token, kind))
+                await self.tracking.journal.append_line(answer.line)
             except Exception:
-                log.exception("%s of message %s not recorded", kind, token.message_id)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+                log.exception("hit on message %s not recorded", answer.message_id)
+        await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else answer.body})
 
 
 OPENAPI_PATHS: dict[str, Any] = {
