@@ -23,13 +23,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(app: ASGIApp, *, port: int | None = None) -> Iterator[str]:
-    """Run the app (lifespan included) on 127.0.0.1 until the block ends; yields its base URL."""
+def serving(app: ASGIApp, *, port: int | None = None, http: str = HTTP_PROTOCOL) -> Iterator[str]:
+    """Run the app (lifespan included) on 127.0.0.1 until the block ends; yields its base URL.
+
+    `http` is Uvicorn's protocol: Mailtrack's, as `mailtrack serve` runs, unless a test asks otherwise.
+    """
     port = port or free_port()
     server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", http=HTTP_PROTOCOL
-        )
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", http=http)
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -12,17 +12,20 @@ from contextlib import contextmanager
 from typing import IO
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from sqlalchemy import select
 from starlette.types import Receive, Scope, Send
 
-from mailtrack.app import MailtrackApp
+from mailtrack.app import MailtrackApp, create_app
+from mailtrack.maintenance.metrics import HITS
 from mailtrack.tracking.hits import PIXEL_GIF
 from mailtrack.tracking.protocol import find_fast_path
 from mailtrack.tracking.tables import events
 from tests.factories import make_api_key, make_tenant
 from tests.functional.conftest import LiveServer
 from tests.functional.test_tracking import paths, register
+from tests.live import serving
 
 Response = tuple[int, dict[str, str], bytes]
 
@@ -212,3 +215,48 @@ def test_only_a_mailtrack_app_gets_the_protocol_s_fast_path(live_server: LiveSer
 
     assert find_fast_path(Wrapper(Wrapper(app))) is app.tracking_fast_path
     assert find_fast_path(Wrapper(object())) is None
+
+
+def test_a_click_on_a_link_not_cached_yet_is_counted_once_and_recorded(
+    live_server: LiveServer, tokens: tuple[str, str]
+) -> None:
+    _, click = tokens
+    clicks = HITS.value("click")
+    with connection(live_server) as sock:
+        reader = sock.makefile("rb")
+        for _ in range(2):  # the first reads the link from the database (Uvicorn's path), then cached
+            sock.sendall(request("GET", click))
+            assert read_response(reader)[0] == 302
+    assert HITS.value("click") - clicks == 2
+    assert stored(live_server) == ["clicked", "clicked"]
+
+
+def test_the_protocol_answers_and_records_exactly_as_the_asgi_path(
+    live_server: LiveServer, tokens: tuple[str, str]
+) -> None:
+    pixel, click = tokens
+    agent = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148"
+    hits = [("GET", pixel), ("HEAD", pixel), ("GET", click), ("GET", click), ("GET", "/c/x"), ("GET", "/o/x")]
+
+    def answers(base_url: str) -> list[tuple[int, dict[str, str], bytes]]:
+        with httpx.Client(base_url=base_url, timeout=10) as client:
+            responses = [client.request(method, path, headers={"User-Agent": agent}) for method, path in hits]
+        return [
+            (answer.status_code, {k: v for k, v in answer.headers.items() if k != "date"}, answer.content)
+            for answer in responses
+        ]
+
+    by_protocol = answers(live_server.url)
+    live_server.settle()  # its events first, then the other server's
+    asgi_app = create_app(live_server.settings, engine=live_server.engine)
+    with serving(asgi_app, http="httptools") as asgi_url:  # Uvicorn's own protocol: every hit through ASGI
+        by_asgi = answers(asgi_url)
+        asgi_app.state.tracking.journal.wait_until_applied()
+    assert by_protocol == by_asgi
+    assert [status for status, _, _ in by_protocol] == [200, 200, 302, 302, 404, 200]
+    recorded = ["opened", "opened", "clicked", "clicked"]
+    assert sorted(stored(live_server)) == sorted(recorded * 2)
+    with live_server.engine.connect() as conn:
+        what = (events.c.type, events.c.device, events.c.client, events.c.machine_reason)
+        rows = conn.execute(select(*what).order_by(events.c.id)).all()
+    assert rows[:4] == rows[4:], "the same requests record the same events on both paths"

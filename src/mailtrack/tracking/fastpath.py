@@ -65,6 +65,7 @@ class Answer:
 _PIXEL = Answer(200, _PIXEL_HEADERS, header_lines(_PIXEL_HEADERS), PIXEL_GIF)
 _LINK_NOT_FOUND = Answer(404, _NOT_FOUND_HEADERS, header_lines(_NOT_FOUND_HEADERS), _NOT_FOUND)
 _REDIRECT_HEAD = header_lines(_REDIRECT_HEADERS)
+_CLICK_TO_LOOK_UP = "mailtrack.click_to_look_up"  # scope key: a click's token whose link is not cached
 
 
 class TrackingFastPath:
@@ -98,13 +99,16 @@ class TrackingFastPath:
             tracking.rejected_tokens += 1
             return _LINK_NOT_FOUND
         url = tracking.links.cached(token)
-        return None if url is None else self._redirect(scope, token, url)
+        if url is None:
+            scope[_CLICK_TO_LOOK_UP] = token  # counted and checked: whoever answers it reads its link
+            return None
+        return self._redirect(scope, token, url)
 
     async def answer_after_lookup(self, scope: Scope) -> Answer:
         """The answer to a click `answer_now` left: its link read from the database (or not found)."""
-        token = self.tracking.codec.decode(scope["path"][3:], kind=TokenKind.CLICK)
-        url = None if token is None else await self.tracking.links.target(token)
-        return _LINK_NOT_FOUND if token is None or url is None else self._redirect(scope, token, url)
+        token: TrackingToken = scope.pop(_CLICK_TO_LOOK_UP)
+        url = await self.tracking.links.target(token)
+        return _LINK_NOT_FOUND if url is None else self._redirect(scope, token, url)
 
     def _redirect(self, scope: Scope, token: TrackingToken, url: str) -> Answer:
         location = url.encode("utf-8")
@@ -124,7 +128,10 @@ class TrackingFastPath:
         return Answer(answer.status, answer.headers, answer.head, answer.body, line, token.message_id)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        answer = self.answer_now(scope) or await self.answer_after_lookup(scope)
+        # The protocol (`protocol.py`) hands over a click it could not answer with its token checked.
+        answer = None if _CLICK_TO_LOOK_UP in scope else self.answer_now(scope)
+        if answer is None:
+            answer = await self.answer_after_lookup(scope)
         if answer.line is not None:
             # Answered only once journaled; a hit that cannot be still gets its pixel or redirect.
             try:

@@ -75,7 +75,9 @@ class TrackingHttpProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self._fast_path = None if config.root_path else find_fast_path(self.app)
+        # A root path or a concurrency limit is Uvicorn's to apply: such a server keeps the ASGI path.
+        plain = config.root_path or config.limit_concurrency is not None
+        self._fast_path = None if plain else find_fast_path(self.app)
         self._default_headers: list[tuple[bytes, bytes]] | None = None
         self._default_head = b""
 
@@ -88,7 +90,13 @@ class TrackingHttpProtocol(HttpToolsProtocol):
         parser = self.parser
         method = parser.get_method()
         path, _, query = url.partition(b"?")
-        if method not in (b"GET", b"HEAD") or b"%" in path or parser.should_upgrade() or not path.isascii():
+        if (
+            method not in (b"GET", b"HEAD")
+            or b"%" in path
+            or not path.isascii()
+            or parser.should_upgrade()
+            or self.flow.write_paused  # a client not reading its answers waits in Uvicorn's path
+        ):
             super().on_headers_complete()
             return
         http_version = parser.get_http_version()
