@@ -10,17 +10,21 @@ request, or has a percent-encoded path — goes through the ordinary ASGI path, 
 answers it the same way.
 
 `mailtrack serve` runs Uvicorn with `http=HTTP_PROTOCOL`; with any other app (no `MailtrackApp` inside)
-the class behaves exactly as Uvicorn's own.
+the class behaves exactly as Uvicorn's own. It relies on that protocol's per-request state (`url`,
+`parser`, `scope`, `cycle`, `flow`, `on_response_complete`): Uvicorn is pinned in constraints.txt, and
+`tests/functional/test_tracking_protocol.py` speaks raw HTTP to it, so an upgrade that changes them fails
+there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http
 import logging
 from typing import Any
 
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.server import ServerState
 
@@ -33,6 +37,9 @@ HTTP_PROTOCOL = "mailtrack.tracking.protocol:TrackingHttpProtocol"
 log = logging.getLogger(__name__)
 
 _PREFIXES = (b"/o/", b"/c/")
+_STATUS_LINES = {
+    status: f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode() for status in (200, 302, 404)
+}
 # The protocol sets the request cycle's event when the request ends or the client leaves; nobody waits
 # on a tracking cycle's, so one shared event spares creating one per hit.
 _UNWAITED = asyncio.Event()
@@ -141,7 +148,7 @@ class TrackingHttpProtocol(HttpToolsProtocol):
         if default is not self._default_headers:
             self._default_headers, self._default_head = default, header_lines(default)
         scope = cycle.scope
-        parts = [STATUS_LINE[answer.status], self._default_head, answer.head]
+        parts = [_STATUS_LINES[answer.status], self._default_head, answer.head]
         if not cycle.keep_alive:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
