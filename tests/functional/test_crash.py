@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 from sqlalchemy import Engine, select
@@ -22,40 +17,7 @@ from mailtrack.messages.tokens import TokenCodec
 from mailtrack.tracking.tables import events
 from tests.conftest import TEST_SECRET
 from tests.factories import make_tenant
-from tests.live import free_port
-
-
-@contextmanager
-def served(database_url: str, port: int, journal: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`mailtrack serve` as a real process, answering on the port."""
-    env = {
-        **os.environ,
-        "MAILTRACK_DATABASE_URL": database_url,
-        "MAILTRACK_SECRET_KEY": TEST_SECRET,
-        "MAILTRACK_JOURNAL_DIR": str(journal),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mailtrack.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, "the server exited"
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
+from tests.live import free_port, served
 
 
 def test_every_acknowledged_hit_survives_kill_9(

@@ -53,6 +53,9 @@ def _uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
         log_level=settings.log_level.lower(),
         proxy_headers=False,  # X-Forwarded-For is read by our own trusted-proxy check only
         server_header=False,
+        # No request lines: each would carry a reader's address and token, kept past the 30 days after
+        # which stored addresses are anonymized. /metrics counts the traffic.
+        access_log=False,
         http=HTTP_PROTOCOL,
     )
 
