@@ -2,7 +2,9 @@
 
 The framework's stack (its error and telemetry middleware, routing, validation, response classes) costs
 several times the work of the hit itself, so the application hands these two paths straight to
-`TrackingFastPath` (see `MailtrackApp` in app.py), which adds the security headers itself.
+`TrackingFastPath` (see `MailtrackApp` in app.py), which adds the security headers itself. Under
+`mailtrack serve` most hits do not even get here: Mailtrack's HTTP protocol (`protocol.py`) answers them
+with the same `answer_now` before any ASGI; this path serves what it hands over, and other servers.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """What a tracking hit means, independent of the web framework: decode, build the event, record it.
 
-The raw ASGI fast path (`/o`, `/c`) journals the line of `journal_line`; the framework route `/u` stores
-the event of `event_for`. Both take what they record from the request through `_details`.
+The fast path of `/o` and `/c` (`fastpath.py`, in the HTTP protocol or raw ASGI) journals the line of
+`journal_line`; the framework route `/u` stores the event of `event_for`. Both take what they record
+from the request through `_details`.
 """
 
 from __future__ import annotations
