@@ -30,15 +30,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(app: ASGIApp, *, port: int | None = None, http: str = HTTP_PROTOCOL) -> Iterator[str]:
-    """Run the app (lifespan included) on 127.0.0.1 until the block ends; yields its base URL.
-
-    `http` is Uvicorn's protocol: Mailtrack's, as `mailtrack serve` runs, unless a test asks otherwise.
-    """
-    port = port or free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", http=http)
-    )
+def uvicorn_thread(config: uvicorn.Config) -> Iterator[tuple[uvicorn.Server, threading.Thread]]:
+    """Run a Uvicorn server (lifespan included) on a thread until the block ends."""
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30  # generous: a loaded 2-core machine starts slowly
@@ -47,10 +41,22 @@ def serving(app: ASGIApp, *, port: int | None = None, http: str = HTTP_PROTOCOL)
             raise RuntimeError("the test server did not start")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield server, thread
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextmanager
+def serving(app: ASGIApp, *, port: int | None = None, http: str = HTTP_PROTOCOL) -> Iterator[str]:
+    """Run the app (lifespan included) on 127.0.0.1 until the block ends; yields its base URL.
+
+    `http` is Uvicorn's protocol: Mailtrack's, as `mailtrack serve` runs, unless a test asks otherwise.
+    """
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", http=http)
+    with uvicorn_thread(config):
+        yield f"http://127.0.0.1:{port}"
 
 
 @contextmanager

@@ -96,7 +96,7 @@ class TrackingHttpProtocol(HttpToolsProtocol):
             return
         parser = self.parser
         method = parser.get_method()
-        path, _, query = url.partition(b"?")
+        path, _, query = url.partition(b"#")[0].partition(b"?")  # a fragment is no part of either
         if (
             method not in (b"GET", b"HEAD")
             or b"%" in path
@@ -123,14 +123,16 @@ class TrackingHttpProtocol(HttpToolsProtocol):
             super().on_headers_complete()
             return
         cycle = self.cycle = _TrackingCycle(scope, http_version != "1.0" and parser.should_keep_alive())
+        # Never answered from inside the parser: a request pipelined behind this one must find it owed
+        # and queue (answering here would also arm the keep-alive timer under that request).
         if answer.line is None:
-            self._respond(cycle, answer)
+            self.loop.call_soon(self._respond, cycle, answer)
             return
         try:
             durable = fast_path.tracking.journal.append_line(answer.line)
         except Exception:
             log.exception("hit on message %s not recorded", answer.message_id)
-            self._respond(cycle, answer)
+            self.loop.call_soon(self._respond, cycle, answer)
             return
         durable.add_done_callback(lambda done: self._journaled(done, cycle, answer))
 
