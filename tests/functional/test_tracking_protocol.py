@@ -120,8 +120,8 @@ def test_pipelined_requests_are_answered_in_order(live_server: LiveServer, token
 
 @pytest.mark.parametrize(
     ("version", "extra"),
-    [("1.0", ()), ("1.1", ("Connection: close",))],
-    ids=["http-1.0", "connection-close"],
+    [("1.0", ()), ("1.0", ("Connection: keep-alive",)), ("1.1", ("Connection: close",))],
+    ids=["http-1.0", "http-1.0-asking-keep-alive", "connection-close"],  # Uvicorn keeps no 1.0 alive
 )
 def test_a_connection_not_kept_alive_is_closed_after_the_answer(
     live_server: LiveServer, tokens: tuple[str, str], version: str, extra: tuple[str, ...]

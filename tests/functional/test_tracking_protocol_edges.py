@@ -268,20 +268,6 @@ def test_two_hundred_pipelined_requests_are_answered_in_order(
     assert stored(server) == ["opened", "clicked"] * 40
 
 
-def test_http_1_0_asking_for_keep_alive_is_answered_and_closed(
-    server: Served, tokens: tuple[str, str]
-) -> None:
-    """Uvicorn keeps no HTTP/1.0 connection alive; neither does the protocol."""
-    pixel, _ = tokens
-    with connection(server) as sock:
-        reader = sock.makefile("rb")
-        sock.sendall(request("GET", pixel, "Connection: keep-alive", version="1.0"))
-        status, headers, body = read_response(reader)
-        assert (status, body, headers["connection"]) == (200, PIXEL_GIF, "close")
-        assert reader.read() == b""
-    assert stored(server) == ["opened"]
-
-
 def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(
     server: Served, tokens: tuple[str, str]
 ) -> None:
