@@ -244,6 +244,7 @@ def build_salon(
         tenant.id,
         c["bela"],
         now - dt.timedelta(days=1),
+        campaign="Password reset",
         channel="system",
         source="system",
         tracked=False,

@@ -143,6 +143,7 @@ class CampaignCard:
     name: str
     source: str
     cards: metrics.Cards
+    tracked: bool  # False: none of its mail was tracked (system mail), so it can show no open or click
 
 
 def campaign_cards(
@@ -152,7 +153,7 @@ def campaign_cards(
     start, end = metrics.Period(stats.period.from_, stats.period.to).utc_bounds(timezone)
     cohort = CohortFilter(tenant_id, start, end, filters.channel or None, filters.source or None, None)
     return [
-        CampaignCard(c.name, c.source, metrics.compute_cards(c.totals))
+        CampaignCard(c.name, c.source, metrics.compute_cards(c.totals), c.totals.tracked > 0)
         for c in queries.campaign_totals(conn, cohort=cohort)
     ]
 
