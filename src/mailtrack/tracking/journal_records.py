@@ -110,7 +110,11 @@ def decode(line: bytes) -> EventIn:
 def decode_many(lines: list[bytes]) -> list[EventIn]:
     """The events of many journal lines, parsed as one JSON array; ValueError if one is not a record."""
     try:
-        items = json.loads(b"[" + b",".join(lines) + b"]")
+        batch = b"[" + b",".join(lines) + b"]"
+        try:
+            items = orjson.loads(batch)  # a third of the standard library's time
+        except orjson.JSONDecodeError:  # a line only the standard library's encoder could write
+            items = json.loads(batch)
         if len(items) != len(lines):
             raise ValueError("a line holds more or less than one record")
         return [_event(item) for item in items]

@@ -19,7 +19,7 @@ from mailtrack.db import write_transaction
 from mailtrack.messages.tables import customers
 from mailtrack.tracking.ingest import EventIn
 from mailtrack.tracking.journal import DO_NOT_TRACK, HitJournal, JournalFullError
-from mailtrack.tracking.journal_records import decode, encode, save_position
+from mailtrack.tracking.journal_records import decode, decode_many, encode, save_position
 from mailtrack.tracking.tables import events, journal_progress
 from tests.conftest import _pg_admin
 from tests.factories import make_customer, make_message, make_tenant
@@ -100,6 +100,17 @@ def test_a_record_decodes_to_the_event_it_encodes(
     assert line.endswith(b"\n")
     assert line.count(b"\n") == 1, "one record, one line, whatever the header held"
     assert decode(line) == event
+
+
+def test_a_batch_with_a_line_only_the_standard_library_could_encode_decodes_whole() -> None:
+    # A lone surrogate cannot be UTF-8: orjson refuses to write or read it, the fallback escapes it.
+    plain, odd = (
+        EventIn(1, 2, "opened", SENT, user_agent=agent, ip="192.0.2.1")
+        for agent in ("Thunderbird", "x\udc80y")
+    )
+    lines = [encode(plain), encode(odd), encode(plain)]
+    assert b"\\udc80" in lines[1]
+    assert decode_many(lines) == [plain, odd, plain]
 
 
 def test_a_line_that_is_not_a_record_is_a_value_error() -> None:
