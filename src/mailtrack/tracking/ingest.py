@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Executable, bindparam, case, or_, select, upd
 
 from mailtrack.analytics import rollups
 from mailtrack.analytics.score_counts import fold_score_changes
-from mailtrack.db import bulk_insert, utcnow
+from mailtrack.db import bulk_insert_rows, utcnow
 from mailtrack.delivery.suppression import suppress_repeated_soft_bounces
 from mailtrack.messages.queries import ERASED_PREFIX, LinkKey, LinkState, add_link_clicks, link_states
 from mailtrack.messages.tables import customers, messages
@@ -192,7 +192,7 @@ def ingest_batch(
     link_clicks: dict[LinkKey, int] = defaultdict(int)
     tally = rollups.Tally()
     deltas: dict[int, _CustomerDelta] = defaultdict(_CustomerDelta)
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[Any, ...]] = []
     for event in sorted(fresh, key=lambda item: item.occurred_at):
         state = states.get(event.message_id)
         if state is None or state.tenant_id != event.tenant_id or event.type not in EVENT_TYPES:
@@ -214,11 +214,11 @@ def ingest_batch(
         if _apply(event, state, agent, link, tally, deltas[state.customer_id]):
             link_clicks[link_key] += 1
         rows.append(_event_row(event, state, agent))
-    bulk_insert(conn, events, rows)
+    bulk_insert_rows(conn, events, _EVENT_COLUMNS, rows)
     if conn.dialect.name == "postgresql":  # partitioned events: the unique external ids live apart
-        keys = ("tenant_id", "external_event_id", "occurred_at")
-        known = [{key: row[key] for key in keys} for row in rows if row["external_event_id"] is not None]
-        bulk_insert(conn, event_external_ids, known)
+        tenant, external, occurred = _EXTERNAL_ID_AT
+        known = [(row[tenant], row[external], row[occurred]) for row in rows if row[external] is not None]
+        bulk_insert_rows(conn, event_external_ids, _EXTERNAL_ID_COLUMNS, known)
     _write_message_states(conn, [state for state in states.values() if state.changed])
     _write_customer_deltas(conn, deltas)
     add_link_clicks(conn, clicks=link_clicks)
@@ -420,30 +420,39 @@ def _apply_bounce(
         customer.bump("soft_bounces")
 
 
-def _event_row(event: EventIn, state: _MessageState, agent: UserAgentInfo | None) -> dict[str, Any]:
+_EVENT_COLUMNS = tuple(
+    "tenant_id message_id customer_id type occurred_at device client os user_agent ip ip_anonymized "  # noqa: SIM905  (three lines, not nineteen)
+    "referer link_position machine machine_reason bounce_kind status diagnostic external_event_id".split()
+)
+_EXTERNAL_ID_COLUMNS = ("tenant_id", "external_event_id", "occurred_at")
+_EXTERNAL_ID_AT = tuple(_EVENT_COLUMNS.index(name) for name in _EXTERNAL_ID_COLUMNS)
+
+
+def _event_row(event: EventIn, state: _MessageState, agent: UserAgentInfo | None) -> tuple[Any, ...]:
+    """The event's values in `_EVENT_COLUMNS` order (tuples: a dict per event cost the batch 8 %)."""
     ip = None if state.ip_anonymize_days < 0 else event.ip
     truncate_now = ip is not None and state.ip_anonymize_days == 0
-    return {
-        "tenant_id": event.tenant_id,
-        "message_id": event.message_id,
-        "customer_id": state.customer_id,
-        "type": event.type,
-        "occurred_at": event.occurred_at,
-        "device": agent.device if agent else None,
-        "client": agent.client if agent else None,
-        "os": agent.os if agent else None,
-        "user_agent": event.user_agent,
-        "ip": anonymize_ip(ip) if truncate_now and ip else ip,
-        "ip_anonymized": truncate_now,
-        "referer": event.referer,
-        "link_position": event.link_position,
-        "machine": agent.machine if agent else False,
-        "machine_reason": (agent.reason or None) if agent and agent.machine else None,
-        "bounce_kind": event.bounce_kind,
-        "status": event.status,
-        "diagnostic": event.diagnostic,
-        "external_event_id": event.external_event_id,
-    }
+    return (
+        event.tenant_id,
+        event.message_id,
+        state.customer_id,
+        event.type,
+        event.occurred_at,
+        agent.device if agent else None,
+        agent.client if agent else None,
+        agent.os if agent else None,
+        event.user_agent,
+        anonymize_ip(ip) if truncate_now and ip else ip,
+        truncate_now,
+        event.referer,
+        event.link_position,
+        agent.machine if agent else False,
+        (agent.reason or None) if agent and agent.machine else None,
+        event.bounce_kind,
+        event.status,
+        event.diagnostic,
+        event.external_event_id,
+    )
 
 
 # Statements are built once: constructing SQLAlchemy expressions per batch cost more than running them.
