@@ -8,6 +8,7 @@ journal (its own process, or the one that adopts it after a crash) does so exact
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import time
@@ -122,13 +123,23 @@ def decode_many(lines: list[bytes]) -> list[EventIn]:
         raise ValueError(f"not a journal record: {exc}") from None
 
 
+@functools.lru_cache(maxsize=4096)  # a batch's hits share a few distinct seconds
+def _utc_time(seconds: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+
 def _event(item: Any) -> EventIn:
     tenant, message, kind, seconds, agent, ip, referer, position, reason, external = item
-    texts = (agent, ip, referer, reason, external)
     if not (
         isinstance(kind, str)
-        and all(isinstance(value, int) for value in (tenant, message, seconds))
-        and all(value is None or isinstance(value, str) for value in texts)
+        and isinstance(tenant, int)
+        and isinstance(message, int)
+        and isinstance(seconds, int)
+        and (agent is None or isinstance(agent, str))
+        and (ip is None or isinstance(ip, str))
+        and (referer is None or isinstance(referer, str))
+        and (reason is None or isinstance(reason, str))
+        and (external is None or isinstance(external, str))
         and (position is None or isinstance(position, int))
     ):
         raise TypeError("a field has the wrong type")
@@ -136,7 +147,7 @@ def _event(item: Any) -> EventIn:
         tenant_id=tenant,
         message_id=message,
         type=kind,
-        occurred_at=dt.datetime.fromtimestamp(seconds, dt.UTC),
+        occurred_at=_utc_time(seconds),
         user_agent=agent,
         ip=ip,
         referer=referer,
