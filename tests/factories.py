@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import re
 
 from sqlalchemy import Engine
 
+from mailtrack.config import Settings
 from mailtrack.db import write_transaction
 from mailtrack.messages.queries import CustomerIn, MessageIn, create_messages, store_links, upsert_customers
+from mailtrack.messages.routes import MessageRequest, register_message
+from mailtrack.messages.tokens import TokenCodec
 from mailtrack.tenants.queries import Tenant, create_api_key, create_tenant
 from mailtrack.tracking.ingest import EventIn, IngestResult, ingest_batch
 
@@ -68,3 +72,19 @@ def ingest(engine: Engine, *events: EventIn) -> IngestResult:
     """Ingest events in one batch."""
     with write_transaction(engine) as conn:
         return ingest_batch(conn, list(events))
+
+
+def make_instrumented_message(
+    engine: Engine, settings: Settings, *, html: str = "<p>hi</p>"
+) -> tuple[str, list[str]]:
+    """A new salon's marketing message, instrumented as the API does; its pixel path and click paths."""
+    tenant = make_tenant(engine)
+    body = MessageRequest.model_validate({"customer": {"id": "c1"}, "channel": "marketing", "html": html})
+    codec = TokenCodec([settings.secret_key.get_secret_value()])
+    with write_transaction(engine) as conn:
+        message = register_message(conn, codec, settings, tenant_id=tenant.id, body=body)
+    assert message.html is not None
+    base = re.escape(settings.base_url)
+    pixel = re.search(rf'src="{base}(/o/[^"]+)"', message.html)
+    assert pixel is not None, message.html
+    return pixel.group(1), re.findall(rf'href="{base}(/c/[^"]+)"', message.html)

@@ -11,31 +11,15 @@ import httpx
 from sqlalchemy import Engine, select
 
 from mailtrack.config import Settings
-from mailtrack.db import write_transaction
-from mailtrack.messages.routes import MessageRequest, register_message
-from mailtrack.messages.tokens import TokenCodec
 from mailtrack.tracking.tables import events
-from tests.conftest import TEST_SECRET
-from tests.factories import make_tenant
+from tests.factories import make_instrumented_message
 from tests.live import free_port, served
 
 
 def test_every_acknowledged_hit_survives_kill_9(
     database_url: str, engine: Engine, settings: Settings
 ) -> None:
-    tenant = make_tenant(engine)
-    with write_transaction(engine) as conn:
-        message = register_message(
-            conn,
-            TokenCodec([TEST_SECRET]),
-            settings,
-            tenant_id=tenant.id,
-            body=MessageRequest.model_validate(
-                {"customer": {"id": "c1"}, "channel": "marketing", "html": "<p>hi</p>"}
-            ),
-        )
-    assert message.html is not None
-    pixel = message.html.split('src="', 1)[1].split('"', 1)[0].removeprefix(settings.base_url)
+    pixel, _ = make_instrumented_message(engine, settings)
     port = free_port()
     acknowledged: set[str] = set()
     lock = threading.Lock()

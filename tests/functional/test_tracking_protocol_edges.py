@@ -118,6 +118,15 @@ class HeldJournal:
         self._loop.call_soon_threadsafe(journal)
 
 
+@pytest.fixture
+def held(server: Served, monkeypatch: pytest.MonkeyPatch) -> HeldJournal:
+    """The server's journal, holding every hit until the test releases them."""
+    journal = server.app.state.tracking.journal
+    holder = HeldJournal(journal)
+    monkeypatch.setattr(journal, "append_line", holder.append_line)
+    return holder
+
+
 def refused(server: LiveServer) -> bool:
     """True once the server no longer accepts connections."""
     try:
@@ -143,12 +152,10 @@ def test_a_request_pipelined_behind_an_answered_hit_is_not_cut_off_by_the_keep_a
 
 
 def test_a_hit_pipelined_behind_an_answered_hit_is_answered_however_long_its_journal_write(
-    server: Served, tokens: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+    server: Served, tokens: tuple[str, str], held: HeldJournal
 ) -> None:
     """A hit recorded is a hit answered: the keep-alive timer must not close the connection under it."""
     pixel, _ = tokens
-    held = HeldJournal(server.app.state.tracking.journal)
-    monkeypatch.setattr(server.app.state.tracking.journal, "append_line", held.append_line)
     with connection(server) as sock:
         reader = sock.makefile("rb")
         sock.sendall(request("GET", "/o/not-a-token") + request("GET", pixel))
@@ -296,12 +303,10 @@ def test_very_long_urls_and_headers_are_answered_and_recorded(
 
 
 def test_a_hit_waiting_for_its_journal_write_at_shutdown_is_answered_and_recorded(
-    server: Served, tokens: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+    server: Served, tokens: tuple[str, str], held: HeldJournal
 ) -> None:
     """Uvicorn waits for the connection; the answer says `connection: close`, and the hit is kept."""
     pixel, _ = tokens
-    held = HeldJournal(server.app.state.tracking.journal)
-    monkeypatch.setattr(server.app.state.tracking.journal, "append_line", held.append_line)
     with connection(server) as sock:
         reader = sock.makefile("rb")
         sock.sendall(request("GET", pixel))
@@ -322,15 +327,13 @@ def test_a_hit_waiting_for_its_journal_write_at_shutdown_is_answered_and_recorde
 
 
 def test_a_client_leaving_while_its_pipelined_hits_wait_for_the_journal_leaves_the_server_healthy(
-    server: Served, tokens: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+    server: Served, tokens: tuple[str, str], held: HeldJournal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pixel, _ = tokens
-    held = HeldJournal(server.app.state.tracking.journal)
-    monkeypatch.setattr(server.app.state.tracking.journal, "append_line", held.append_line)
     with connection(server) as sock:
         sock.sendall(request("GET", pixel) + request("GET", "/healthz") + request("GET", pixel))
         assert held.appended.wait(10)
-    monkeypatch.undo()
+    monkeypatch.undo()  # the fixture's hold: later hits are journaled at once
     held.release()
     with server.client() as client:
         assert client.get(pixel).content == PIXEL_GIF
