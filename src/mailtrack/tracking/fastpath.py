@@ -117,13 +117,14 @@ class TrackingFastPath:
         if _UNSAFE_HEADER_VALUE.search(location):
             log.error("link %d of message %d is not a safe Location", token.link_position, token.message_id)
             return _LINK_NOT_FOUND
-        redirect = Answer(
+        return Answer(
             302,
             [(b"location", location), *_REDIRECT_HEADERS],
             b"location: " + location + b"\r\n" + _REDIRECT_HEAD,
             b"",
+            journal_line(self.tracking, scope, token, "clicked"),
+            token.message_id,
         )
-        return self._recorded(redirect, scope, token, "clicked")
 
     def _recorded(self, answer: Answer, scope: Scope, token: TrackingToken, kind: str) -> Answer:
         line = journal_line(self.tracking, scope, token, kind)
